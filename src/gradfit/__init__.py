@@ -1,0 +1,44 @@
+"""gradfit: regression models and equation systems fitted by PyTorch autograd.
+
+Importing this package is cheap: the public functions import torch when called.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "load_config",
+    "train",
+    "load_model",
+    "solve_equations",
+]
+
+
+def load_config(path, overrides=()):
+    """Read and validate a YAML experiment; see gradfit.config.load_config."""
+    from gradfit.config import load_config as _load
+
+    return _load(path, overrides)
+
+
+def train(config, **kwargs):
+    """Train the experiment described by a Config; see gradfit.api.train."""
+    from gradfit.api import train as _train
+
+    return _train(config, **kwargs)
+
+
+def load_model(path):
+    """Load a saved model (checkpoint file or run directory); see gradfit.checkpoint."""
+    from gradfit.checkpoint import load_model as _load
+
+    return _load(path)
+
+
+def solve_equations(equations, **kwargs):
+    """Solve a system of equations by gradient descent; see gradfit.equations.solve."""
+    from gradfit.equations import solve as _solve
+
+    return _solve(equations, **kwargs)

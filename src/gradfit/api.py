@@ -1,0 +1,237 @@
+"""Training as one library call: config -> data -> model -> loop -> run directory.
+
+``train`` is what ``gradfit train`` calls; it returns a ``RunResult`` and never prints.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from gradfit import losses, optim
+from gradfit.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from gradfit.config import Config, dump_yaml
+from gradfit.data import STREAM_BATCH, STREAM_INIT, Dataset, Split, generator, load_dataset, split_rows
+from gradfit.errors import GradfitError, TrainingError
+from gradfit.exact import exact_least_squares
+from gradfit.metrics import regression_metrics
+from gradfit.models import DTYPES, RegressionModel, build_model
+from gradfit.runs import make_run_dir, write_history, write_json, write_text
+from gradfit.training import EpochRecord, TrainData, TrainResult, fit
+
+
+@dataclass
+class RunResult:
+    run_dir: Optional[Path]
+    metrics: dict
+    coefficients: dict
+    config: Config
+    result: TrainResult
+    model: RegressionModel
+    notes: list[str] = field(default_factory=list)
+    lr_rule: str = ""
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda when available, else cpu; a cuda device that is absent is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise TrainingError(
+                f"device: {name} was asked for, but CUDA is not available on this machine",
+                hint="set device: cpu (or auto, which picks cuda only when it is there)",
+            )
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise TrainingError(
+                f"device: {name} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)",
+                hint="use cuda:0" + (f" to cuda:{torch.cuda.device_count() - 1}" if torch.cuda.device_count() > 1 else ""),
+            )
+        return dev
+    return torch.device("cpu")
+
+
+def resolved_config_dict(cfg: Config) -> dict:
+    """The config as written to the run directory: data.path made absolute so the run repeats from anywhere."""
+    d = cfg.to_dict()
+    p = cfg.resolved_data_path()
+    if p is not None:
+        d["data"]["path"] = str(p.resolve())
+    return d
+
+
+def data_record(cfg: Config, ds: Dataset, split: Split) -> dict:
+    """What the checkpoint keeps about the data: enough to rebuild the held-out sets and check them."""
+    return {
+        "source": ds.source,
+        "features": ds.feature_names,
+        "target": ds.target_name,
+        "n_rows": ds.n_rows,
+        "split": {"val": cfg.data.split.val, "test": cfg.data.split.test},
+        "seed": cfg.seed,
+        "dropna": cfg.data.dropna,
+    }
+
+
+@dataclass
+class Prepared:
+    """Everything the loop needs, made once before training starts."""
+
+    cfg: Config
+    device: torch.device
+    ds: Dataset
+    split: Split
+    model: RegressionModel
+    data: TrainData
+    loss: losses.Loss
+    plan: optim.OptimizerPlan
+    load_seconds: float
+
+
+def prepare(cfg: Config) -> Prepared:
+    """Read the data, split it, build the model and the training design, resolve the step size."""
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.device)
+    ds = load_dataset(cfg)
+    split = split_rows(ds.n_rows, cfg.data.split.val, cfg.data.split.test, cfg.seed)
+    X_tr, y_tr = ds.X[split.train], ds.y[split.train]
+    model = build_model(cfg, ds.feature_names, ds.target_name, X_tr, y_tr, device, generator(cfg.seed, STREAM_INIT))
+    data = TrainData(model.design(X_tr), model.scaled_target(y_tr))
+    if split.val.numel():
+        data.Z_val = model.design(ds.X[split.val])
+        data.y_val = model.scaled_target(ds.y[split.val])
+    plan = optim.plan(cfg, data.Z)
+    return Prepared(cfg, device, ds, split, model, data, losses.from_config(cfg), plan, time.perf_counter() - t0)
+
+
+def evaluate_sets(model: RegressionModel, ds: Dataset, split: Split, loss: losses.Loss) -> dict:
+    """metrics for train, val and test (None where a set is empty), in original units."""
+    out = {}
+    for name in ("train", "val", "test"):
+        idx = getattr(split, name)
+        if idx.numel() == 0:
+            out[name] = None
+            continue
+        out[name] = regression_metrics(ds.y[idx], model.predict(ds.X[idx]), loss)
+    return out
+
+
+def train(
+    cfg: Config,
+    *,
+    out: str | Path | None = None,
+    force: bool = False,
+    write: bool = True,
+    on_epoch: Optional[Callable[[EpochRecord], None]] = None,
+    should_stop: Optional[Callable[[], bool]] = None,
+    on_start: Optional[Callable[["Prepared"], None]] = None,
+) -> RunResult:
+    """Train the experiment and (with ``write``) write its run directory."""
+    prep = prepare(cfg)
+    model, data, loss = prep.model, prep.data, prep.loss
+    y_scale = float(model.y_scale)
+    run_dir = make_run_dir(cfg.output.dir, cfg.name, out, force) if write else None
+    created_files_before = set(run_dir.iterdir()) if run_dir is not None else set()
+    try:
+        if on_start is not None:
+            on_start(prep)
+        opt = optim.make_optimizer(cfg, model.head.parameters(), prep.plan.lr, prep.device)
+        result = fit(
+            model.head,
+            data,
+            loss.scaled(y_scale),
+            opt,
+            kind=cfg.optimizer.kind,
+            epochs=cfg.train.epochs,
+            batch_size=cfg.train.batch_size,
+            tol=cfg.train.tol,
+            loss_scale=y_scale ** loss.unit_power,
+            lr=prep.plan.lr,
+            generator=generator(cfg.seed, STREAM_BATCH),
+            early_stopping=cfg.train.early_stopping,
+            on_epoch=on_epoch,
+            should_stop=should_stop,
+        )
+        run = finish(prep, result, run_dir)
+    except BaseException:
+        # Nothing half-written: a run that failed leaves no directory behind.
+        if run_dir is not None and not created_files_before:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    return run
+
+
+def finish(prep: Prepared, result: TrainResult, run_dir: Optional[Path]) -> RunResult:
+    """Metrics, exact check, coefficients, and the files of the run directory."""
+    cfg, model, ds, split, loss = prep.cfg, prep.model, prep.ds, prep.split, prep.loss
+    model.head.eval()
+    sets = evaluate_sets(model, ds, split, loss)
+    metrics = {
+        **sets,
+        "epochs": result.epochs,
+        "stop_reason": result.stop_reason,
+        "converged": result.converged,
+        "seconds": result.seconds,
+        "load_seconds": prep.load_seconds,
+        "device": str(prep.device),
+        "lr": prep.plan.lr,
+    }
+    if result.best_epoch is not None:
+        metrics["best_epoch"] = result.best_epoch
+    if cfg.model.kind in ("linear", "polynomial") and cfg.loss.kind == "mse":
+        X_tr, y_tr = ds.X[split.train], ds.y[split.train]
+        ex = exact_least_squares(model, X_tr, y_tr)
+        var = float(y_tr.var(unbiased=False))
+        train_mse = sets["train"]["mse"]
+        metrics["exact"] = {"loss": ex["loss"], "gap": (train_mse - ex["loss"]) / var if var > 0 else train_mse - ex["loss"]}
+    coefficients = model.coefficients()
+    run = RunResult(run_dir, metrics, coefficients, cfg, result, model, list(ds.notes), prep.plan.lr_rule)
+    if run_dir is not None:
+        write_run(run, prep)
+    return run
+
+
+def write_run(run: RunResult, prep: Prepared) -> None:
+    """Every file of the run directory, each written atomically."""
+    cfg, ds, split, model = prep.cfg, prep.ds, prep.split, prep.model
+    d = run.run_dir
+    cfg_dict = resolved_config_dict(cfg)
+    import yaml
+
+    write_text(d / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False, allow_unicode=True, default_flow_style=None))
+    write_history(d / "history.csv", run.result.history)
+    write_json(d / "coefficients.json", run.coefficients)
+    save_checkpoint(
+        d / CHECKPOINT_NAME,
+        model,
+        config=cfg_dict,
+        data=data_record(cfg, ds, split),
+        extra={"metrics": {k: run.metrics[k] for k in ("train", "val", "test")}, "epochs": run.result.epochs},
+    )
+    from gradfit import plots
+
+    if run.result.history:
+        plots.loss_plot(d / "loss.png", run.result.history, cfg.loss.kind)
+    is_train = torch.zeros(ds.n_rows, dtype=torch.bool)
+    is_train[split.train] = True
+    title = run.coefficients.get("equation") or f"{cfg.model.kind} model of {ds.target_name}"
+    if len(ds.feature_names) == 1:
+        predict = lambda x: model.predict(x).numpy()  # noqa: E731
+        plots.fit_plot(d / "fit.png", ds.X[:, 0].numpy(), ds.y.numpy(), is_train.numpy(), predict,
+                       ds.feature_names[0], ds.target_name, _short(title))
+    else:
+        idx = split.val if split.val.numel() else split.train
+        plots.parity_plot(d / "fit.png", ds.y[idx].numpy(), model.predict(ds.X[idx]).numpy(), ds.target_name,
+                          "validation rows" if split.val.numel() else "training rows")
+    # metrics.json last: its presence says the run is complete.
+    write_json(d / "metrics.json", run.metrics)
+
+
+def _short(s: str, n: int = 70) -> str:
+    return s if len(s) <= n else s[: n - 3] + "..."

@@ -1,0 +1,131 @@
+"""gradfit train CONFIG"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from gradfit.cli import app, stderr_console, stdout_console, user_errors
+
+
+def fmt(v, digits: int = 6) -> str:
+    """A number with sensible significant digits; '-' for missing."""
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def metrics_table(metrics: dict):
+    """A rich table: one row per set, one column per metric."""
+    from rich.table import Table
+
+    from gradfit.metrics import METRIC_KEYS
+
+    table = Table(title=None, show_edge=False, pad_edge=False, box=None, header_style="bold")
+    table.add_column("set")
+    for k in METRIC_KEYS:
+        table.add_column(k, justify="right")
+    for name in ("train", "val", "test"):
+        m = metrics.get(name)
+        if m:
+            table.add_row(name, *(fmt(m[k], 5) for k in METRIC_KEYS))
+    return table
+
+
+class Progress:
+    """A rich progress bar on a terminal; plain lines every so often otherwise; nothing with --quiet."""
+
+    def __init__(self, total: int, quiet: bool):
+        self.total = total
+        self.quiet = quiet
+        self.console = stderr_console()
+        self.bar = None
+        self.task = None
+        self.every = max(1, total // 10)
+
+    def __enter__(self):
+        if not self.quiet and self.console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RP, TextColumn, TimeElapsedColumn
+
+            self.bar = RP(
+                TextColumn("[bold]training"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self.bar.__enter__()
+            self.task = self.bar.add_task("train", total=self.total, loss="-")
+        return self
+
+    def __call__(self, rec) -> None:
+        if self.bar is not None:
+            text = fmt(rec.train_loss, 4) + ("" if rec.val_loss is None else f"  val {fmt(rec.val_loss, 4)}")
+            self.bar.update(self.task, completed=rec.epoch, loss=text)
+        elif not self.quiet and (rec.epoch % self.every == 0 or rec.epoch == 1):
+            val = "" if rec.val_loss is None else f" val_loss={fmt(rec.val_loss)}"
+            self.console.print(f"epoch {rec.epoch}/{self.total} train_loss={fmt(rec.train_loss)}{val}")
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+        return False
+
+
+@app.command()
+@user_errors
+def train(
+    config: Path = typer.Argument(..., help="YAML experiment file.", show_default=False),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the run here instead of OUTPUT_DIR/NAME."),
+    set_: List[str] = typer.Option([], "--set", help="Override a config value: KEY=VALUE (dotted path).", metavar="KEY=VALUE"),
+    force: bool = typer.Option(False, "--force", help="Write into an existing non-empty --out directory."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and no summary; only the run directory."),
+    json_out: bool = typer.Option(False, "--json", help="Print metrics.json plus the run directory as one JSON object."),
+) -> None:
+    """Train a model from a YAML experiment and write a run directory."""
+    from gradfit.api import train as run_training
+    from gradfit.config import load_config
+
+    cfg = load_config(config, set_)
+    with Progress(cfg.train.epochs, quiet or json_out) as progress:
+        run = run_training(cfg, out=out, force=force, on_epoch=progress)
+    if json_out:
+        from gradfit.runs import to_json
+
+        sys.stdout.write(to_json({**run.metrics, "run_dir": str(run.run_dir)}))
+        return
+    console = stdout_console()
+    if quiet:
+        console.print(str(run.run_dir), soft_wrap=True)
+        return
+    render_summary(console, run)
+
+
+def render_summary(console, run) -> None:
+    """The end-of-training summary: how it ended, metrics, the equation, where the files are."""
+    m = run.metrics
+    for note in run.notes:
+        stderr_console().print(f"[yellow]note:[/] {note}")
+    reason = m["stop_reason"].replace("_", " ")
+    console.print(
+        f"[bold]{run.config.name}[/]: {run.config.model.kind} model, {run.config.loss.kind} loss, "
+        f"{run.config.optimizer.kind} (lr {fmt(m['lr'], 4)}) on {m['device']}"
+    )
+    console.print(f"stopped after {m['epochs']} epochs ({reason}) in {m['seconds']:.2f} s")
+    console.print(metrics_table(m))
+    if "exact" in m:
+        console.print(f"exact least squares: mse {fmt(m['exact']['loss'], 6)}, gap {m['exact']['gap']:.2e}")
+    eq = run.coefficients.get("equation")
+    if eq:
+        console.print(f"[bold]{eq}[/]", soft_wrap=True)
+    elif run.coefficients.get("model") == "mlp":
+        console.print(f"MLP with {run.coefficients['parameters']} parameters")
+    console.print(f"run directory: {run.run_dir}", soft_wrap=True)

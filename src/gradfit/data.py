@@ -1,0 +1,298 @@
+"""Data: CSV, Parquet or synthetic rows -> named float64 tensors; the seeded split.
+
+Rows are kept in float64 on the CPU here; the model's feature map turns them into
+the training design in the run's dtype, on the run's device (see models.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from gradfit.config import Config, DataConfig, SyntheticLinear, SyntheticPolynomial
+from gradfit.errors import DataError
+
+# Independent random streams derived from the one seed.
+STREAM_DATA, STREAM_SPLIT, STREAM_INIT, STREAM_BATCH = 0, 1, 2, 3
+
+
+def generator(seed: int, stream: int) -> torch.Generator:
+    """A CPU generator for one purpose (data, split, init, batches), derived from the seed."""
+    g = torch.Generator()
+    g.manual_seed((seed * 1_000_003 + stream * 7919) % (2**63))
+    return g
+
+
+@dataclass
+class Dataset:
+    """Rows of named features and a target, in float64 on the CPU."""
+
+    X: torch.Tensor  # (n_rows, n_features) float64
+    y: torch.Tensor  # (n_rows,) float64
+    feature_names: list[str]
+    target_name: str
+    source: dict = field(default_factory=dict)  # path and fingerprint, or the synthetic spec
+    notes: list[str] = field(default_factory=list)  # things the user should hear (rows dropped...)
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.X.shape[0])
+
+
+@dataclass
+class Split:
+    """Row indices of each set, drawn with the seed."""
+
+    train: torch.Tensor
+    val: torch.Tensor
+    test: torch.Tensor
+
+
+def fingerprint(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+# ---------------------------------------------------------------- files
+
+
+def read_columns(path: Path) -> list[str]:
+    """The column names of a CSV or Parquet file, without reading its rows."""
+    if not path.exists():
+        raise DataError(f"data file not found: {path}", hint="check data.path (relative paths start at the config file)")
+    if path.is_dir():
+        raise DataError(f"data path {path} is a directory, not a .csv or .parquet file")
+    try:
+        if _is_parquet(path):
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(path).names)
+        import pandas as pd
+
+        return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+    except DataError:
+        raise
+    except Exception as exc:  # pandas/pyarrow raise many types for unreadable files
+        if type(exc).__name__ == "EmptyDataError":
+            raise DataError(f"{path}: the file is empty (no header, no rows)") from None
+        raise DataError(f"{path}: cannot read it as {'Parquet' if _is_parquet(path) else 'CSV'}: {exc}") from None
+
+
+def _is_parquet(path: Path) -> bool:
+    return path.suffix.lower() in (".parquet", ".pq")
+
+
+def select_columns(columns: list[str], target: str, features: Optional[list[str]], path) -> list[str]:
+    """Check that the target and features exist; return the feature names."""
+    shown = ", ".join(repr(c) for c in columns[:30]) + (" ..." if len(columns) > 30 else "")
+    if target not in columns:
+        raise DataError(
+            f"{path}: target column {target!r} not found; columns found: {shown}",
+            hint="set data.target to one of them",
+        )
+    if features is None:
+        feats = [c for c in columns if c != target]
+        if not feats:
+            raise DataError(f"{path}: no feature columns: the file has only the target column {target!r}")
+        return feats
+    missing = [f for f in features if f not in columns]
+    if missing:
+        raise DataError(
+            f"{path}: feature column{'s' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing)} "
+            f"not found; columns found: {shown}",
+            hint="fix data.features, or leave it out to use every column but the target",
+        )
+    return list(features)
+
+
+def read_frame(path: Path, columns: list[str]):
+    """Read only the named columns of a CSV or Parquet file into a pandas DataFrame."""
+    import pandas as pd
+
+    try:
+        if _is_parquet(path):
+            return pd.read_parquet(path, columns=columns)
+        # float64 directly where the text allows; a non-numeric column falls back to object.
+        try:
+            return pd.read_csv(path, usecols=columns, dtype={c: "float64" for c in columns}, engine="c")
+        except ValueError:
+            return pd.read_csv(path, usecols=columns)
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read it: {exc}") from None
+
+
+def frame_to_arrays(frame, feature_names: list[str], target: Optional[str], source, dropna: bool):
+    """Check a DataFrame's columns (numeric, finite, no missing values) and return float64 arrays.
+
+    Returns (X, y or None, notes). Row numbers in messages count the header as line 1.
+    """
+    import pandas as pd
+
+    notes: list[str] = []
+    cols = feature_names + ([target] if target is not None else [])
+    first_data_line = 2 if str(source).lower().endswith(".csv") else 1
+    for c in cols:
+        s = frame[c]
+        if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+            num = pd.to_numeric(s, errors="coerce")
+            bad = num.isna() & s.notna()
+            if bad.any():
+                i = int(np.argmax(bad.to_numpy()))
+                raise DataError(
+                    f"{source}: column {c!r} is not numeric: row {i + first_data_line} holds {s.iloc[i]!r}",
+                    hint="gradfit fits numeric columns only; fix or remove that value, or leave the column out of data.features",
+                )
+            frame[c] = num
+    sub = frame[cols]
+    missing = sub.isna()
+    n_missing_rows = int(missing.any(axis=1).sum())
+    if n_missing_rows:
+        if dropna:
+            sub = sub.dropna()
+            notes.append(f"dropped {n_missing_rows} row{'s' if n_missing_rows > 1 else ''} with missing values (data.dropna)")
+        else:
+            row = int(np.argmax(missing.any(axis=1).to_numpy()))
+            col = [c for c in cols if missing[c].iloc[row]][0]
+            raise DataError(
+                f"{source}: {int(missing.to_numpy().sum())} missing value(s) in {n_missing_rows} row(s); "
+                f"the first is column {col!r} at row {row + first_data_line}",
+                hint="fill them in, or set data.dropna: true to drop those rows",
+            )
+    arr = sub.to_numpy(dtype=np.float64, copy=False)
+    if not np.isfinite(arr).all():
+        bad = ~np.isfinite(arr)
+        r, ci = np.argwhere(bad)[0]
+        raise DataError(
+            f"{source}: column {cols[ci]!r} holds an infinite value at row {int(r) + first_data_line} "
+            f"({int(bad.sum())} in all)",
+            hint="remove or replace infinite values",
+        )
+    X = np.ascontiguousarray(arr[:, : len(feature_names)])
+    y = np.ascontiguousarray(arr[:, len(feature_names)]) if target is not None else None
+    return X, y, notes
+
+
+# ---------------------------------------------------------------- synthetic
+
+
+def _synthetic(spec, seed: int) -> Dataset:
+    g = generator(seed, STREAM_DATA)
+    n = spec.n_samples
+    if isinstance(spec, SyntheticPolynomial):
+        lo, hi = spec.x_range
+        x = torch.rand(n, dtype=torch.float64, generator=g) * (hi - lo) + lo
+        y = torch.zeros(n, dtype=torch.float64)
+        for c in reversed(spec.coefficients):  # Horner
+            y = y * x + c
+        if spec.noise:
+            y += spec.noise * torch.randn(n, dtype=torch.float64, generator=g)
+        truth = {"intercept": spec.coefficients[0], "coefficients": list(spec.coefficients[1:])}
+        return Dataset(x[:, None], y, [spec.feature], "y", {"synthetic": spec.model_dump(mode="json"), "truth": truth})
+    assert isinstance(spec, SyntheticLinear)
+    d = spec.n_features
+    if spec.coefficients is None:
+        coef = torch.round(torch.randn(d, dtype=torch.float64, generator=g) * 2, decimals=2)
+    else:
+        coef = torch.tensor(spec.coefficients, dtype=torch.float64)
+    if spec.x_range is None:
+        X = torch.randn(n, d, dtype=torch.float64, generator=g)
+    else:
+        lo, hi = spec.x_range
+        X = torch.rand(n, d, dtype=torch.float64, generator=g) * (hi - lo) + lo
+    y = X @ coef + spec.bias
+    if spec.noise:
+        y += spec.noise * torch.randn(n, dtype=torch.float64, generator=g)
+    names = ["x"] if d == 1 else [f"x{i + 1}" for i in range(d)]
+    truth = {"intercept": spec.bias, "coefficients": coef.tolist()}
+    return Dataset(X, y, names, "y", {"synthetic": spec.model_dump(mode="json"), "truth": truth})
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def load_dataset(cfg: Config) -> Dataset:
+    """The rows of an experiment: read and checked, or generated from the seed."""
+    dc: DataConfig = cfg.data
+    if dc.synthetic is not None:
+        ds = _synthetic(dc.synthetic, cfg.seed)
+        if dc.target != "y" or (dc.features and dc.features != ds.feature_names):
+            raise DataError(
+                f"synthetic data has features {ds.feature_names} and target 'y'; "
+                "remove data.target/data.features or make them match"
+            )
+        return ds
+    path = cfg.resolved_data_path()
+    columns = read_columns(path)
+    feats = select_columns(columns, dc.target, dc.features, path)
+    frame = read_frame(path, feats + [dc.target])
+    if len(frame) == 0:
+        raise DataError(f"{path}: the file has a header but no rows")
+    X, y, notes = frame_to_arrays(frame, feats, dc.target, path, dc.dropna)
+    if len(X) == 0:
+        raise DataError(f"{path}: no rows left after dropping missing values")
+    return Dataset(
+        torch.from_numpy(X),
+        torch.from_numpy(y),
+        feats,
+        dc.target,
+        {"path": str(path.resolve()), "fingerprint": fingerprint(path)},
+        notes,
+    )
+
+
+def split_rows(n: int, val: float, test: float, seed: int) -> Split:
+    """Shuffle row indices with the seed; hold out round(val*n) and round(test*n) rows."""
+    perm = torch.randperm(n, generator=generator(seed, STREAM_SPLIT))
+    n_val = int(round(val * n))
+    n_test = int(round(test * n))
+    if val > 0 and n_val == 0:
+        raise DataError(f"data.split.val = {val} of {n} rows leaves the validation set empty", hint="use more rows or a larger fraction, or val: 0")
+    if test > 0 and n_test == 0:
+        raise DataError(f"data.split.test = {test} of {n} rows leaves the test set empty", hint="use more rows or a larger fraction, or test: 0")
+    if n - n_val - n_test < 2:
+        raise DataError(f"the split leaves {n - n_val - n_test} training row(s) of {n}; at least 2 are needed")
+    val_idx = perm[:n_val].sort().values
+    test_idx = perm[n_val : n_val + n_test].sort().values
+    train_idx = perm[n_val + n_test :].sort().values
+    return Split(train_idx, val_idx, test_idx)
+
+
+def load_table(path: Path, feature_names: list[str], target: Optional[str], require_target: bool):
+    """Read a data file for eval/predict: the model's feature columns (and the target when present).
+
+    Returns (frame of all the file's columns, X float64, y float64 or None).
+    """
+    columns = read_columns(path)
+    missing = [f for f in feature_names if f not in columns]
+    if missing:
+        shown = ", ".join(repr(c) for c in columns[:30])
+        raise DataError(
+            f"{path}: the model's feature column{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(repr(m) for m in missing)} not found; columns found: {shown}",
+            hint=f"the model was trained on {feature_names}",
+        )
+    has_target = target is not None and target in columns
+    if require_target and not has_target:
+        raise DataError(
+            f"{path}: target column {target!r} not found; columns found: {', '.join(repr(c) for c in columns[:30])}",
+            hint="eval needs the true values to compare with; predict does not",
+        )
+    import pandas as pd
+
+    try:
+        frame = pd.read_parquet(path) if _is_parquet(path) else pd.read_csv(path)
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read it: {exc}") from None
+    if len(frame) == 0:
+        raise DataError(f"{path}: the file has a header but no rows")
+    X, y, _ = frame_to_arrays(frame.copy(), feature_names, target if has_target else None, path, dropna=False)
+    return frame, X, y

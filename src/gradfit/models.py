@@ -1,0 +1,434 @@
+"""Models that take raw inputs: a feature map (scaling and polynomial terms), a head, target scaling.
+
+A ``RegressionModel`` predicts in original units from raw float64 inputs. Inside,
+the ``FeatureMap`` turns raw columns into a well-conditioned design (each feature
+mapped to a standard range, polynomial terms in the Legendre basis, each column
+centred and scaled), and the head (a linear layer or an MLP) works on that design
+and on a standardized target. Training sees only the design, computed once.
+``coefficients()`` converts a linear head back to powers of the raw inputs, in
+exact rational arithmetic, so that what is written is what the model computes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from fractions import Fraction
+from typing import Optional
+
+import torch
+from torch import nn
+
+from gradfit.errors import DataError
+
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+    "sigmoid": nn.Sigmoid,
+    "silu": nn.SiLU,
+    "elu": nn.ELU,
+    "leaky_relu": nn.LeakyReLU,
+    "softplus": nn.Softplus,
+}
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+# ---------------------------------------------------------------- polynomial terms
+
+
+def polynomial_terms(n_features: int, degree: int, interactions: bool) -> list[tuple[int, ...]]:
+    """Exponent tuples of every term of total degree 1..degree, lowest degree first."""
+    terms = []
+    for deg in range(1, degree + 1):
+        if interactions:
+            for combo in itertools.combinations_with_replacement(range(n_features), deg):
+                e = [0] * n_features
+                for i in combo:
+                    e[i] += 1
+                terms.append(tuple(e))
+        else:
+            for i in range(n_features):
+                e = [0] * n_features
+                e[i] = deg
+                terms.append(tuple(e))
+    return terms
+
+
+def term_name(exponents, names: list[str]) -> str:
+    """('x', 2) -> 'x^2'; products joined by '*': 'x1*x2^2'."""
+    parts = []
+    for name, e in zip(names, exponents):
+        if e == 1:
+            parts.append(name)
+        elif e > 1:
+            parts.append(f"{name}^{e}")
+    return "*".join(parts)
+
+
+def _legendre_table(t: torch.Tensor, degree: int) -> list[torch.Tensor]:
+    """[P_0(t), ..., P_degree(t)] by the three-term recurrence."""
+    out = [torch.ones_like(t)]
+    if degree >= 1:
+        out.append(t)
+    for k in range(1, degree):
+        out.append(((2 * k + 1) * t * out[k] - k * out[k - 1]) / (k + 1))
+    return out
+
+
+def _legendre_poly(k: int) -> list[Fraction]:
+    """Coefficients of P_k(t) in powers of t, lowest first, exact."""
+    p0, p1 = [Fraction(1)], [Fraction(0), Fraction(1)]
+    if k == 0:
+        return p0
+    for j in range(1, k):
+        nxt = [Fraction(0)] * (j + 2)
+        for i, c in enumerate(p1):
+            nxt[i + 1] += Fraction(2 * j + 1, j + 1) * c
+        for i, c in enumerate(p0):
+            nxt[i] -= Fraction(j, j + 1) * c
+        p0, p1 = p1, nxt
+    return p1
+
+
+class FeatureMap(nn.Module):
+    """Raw inputs (n, d) -> design (n, m): per-feature affine map, polynomial terms, column scaling.
+
+    t_i = (x_i - shift_i) / scale_i; term_j = prod_i B_{a_ji}(t_i) with B the Legendre or
+    monomial basis; z_j = (term_j - col_mean_j) / col_scale_j. All statistics are float64.
+    """
+
+    def __init__(self, n_features: int, terms: list[tuple[int, ...]], basis: str):
+        super().__init__()
+        if basis not in ("legendre", "monomial"):
+            raise ValueError(basis)
+        self.basis = basis
+        self.n_features = n_features
+        self.register_buffer("terms", torch.tensor(terms, dtype=torch.int64).reshape(len(terms), n_features))
+        self.register_buffer("shift", torch.zeros(n_features, dtype=torch.float64))
+        self.register_buffer("scale", torch.ones(n_features, dtype=torch.float64))
+        self.register_buffer("col_mean", torch.zeros(len(terms), dtype=torch.float64))
+        self.register_buffer("col_scale", torch.ones(len(terms), dtype=torch.float64))
+
+    @property
+    def n_terms(self) -> int:
+        return int(self.terms.shape[0])
+
+    def raw_terms(self, X: torch.Tensor) -> torch.Tensor:
+        """(n, d) raw float64 -> (n, m) basis terms before column scaling."""
+        T = (X.to(torch.float64) - self.shift.to(X.device)) / self.scale.to(X.device)  # (n, d)
+        terms = self.terms.tolist()
+        if all(sum(e) == 1 for e in terms) and len(terms) == self.n_features:
+            order = [e.index(1) for e in terms]
+            return T if order == list(range(self.n_features)) else T[:, order]
+        max_deg = int(self.terms.max()) if terms else 0
+        if self.basis == "legendre":
+            tables = [_legendre_table(T[:, i], max_deg) for i in range(self.n_features)]
+        else:
+            tables = [[T[:, i] ** k for k in range(max_deg + 1)] for i in range(self.n_features)]
+        cols = []
+        for e in terms:
+            col = None
+            for i, k in enumerate(e):
+                if k:
+                    col = tables[i][k] if col is None else col * tables[i][k]
+            cols.append(col)
+        return torch.stack(cols, dim=1)
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        """(n, d) raw -> (n, m) float64 design."""
+        Z = self.raw_terms(X)
+        return (Z - self.col_mean.to(Z.device)) / self.col_scale.to(Z.device)
+
+    def term_polynomials(self) -> list[dict[tuple[int, ...], Fraction]]:
+        """Each design column (before column scaling) as an exact polynomial in the raw inputs."""
+        d = self.n_features
+        shift = [Fraction(float(v)) for v in self.shift.tolist()]
+        scale = [Fraction(float(v)) for v in self.scale.tolist()]
+        cache: dict[tuple[int, int], dict[int, Fraction]] = {}
+
+        def univariate(i: int, k: int) -> dict[int, Fraction]:
+            # B_k((x - s)/h) expanded in powers of x.
+            key = (i, k)
+            if key not in cache:
+                coeffs = _legendre_poly(k) if self.basis == "legendre" else [Fraction(0)] * k + [Fraction(1)]
+                s, h = shift[i], scale[i]
+                out: dict[int, Fraction] = {}
+                for power, c in enumerate(coeffs):
+                    if c == 0:
+                        continue
+                    # c * ((x - s)/h)^power = c/h^power * sum_j C(power, j) x^j (-s)^(power-j)
+                    base = c / h**power
+                    for j in range(power + 1):
+                        v = base * math.comb(power, j) * (-s) ** (power - j)
+                        if v:
+                            out[j] = out.get(j, Fraction(0)) + v
+                cache[key] = out
+            return cache[key]
+
+        polys = []
+        for e in self.terms.tolist():
+            poly: dict[tuple[int, ...], Fraction] = {tuple([0] * d): Fraction(1)}
+            for i, k in enumerate(e):
+                if not k:
+                    continue
+                uni = univariate(i, k)
+                nxt: dict[tuple[int, ...], Fraction] = {}
+                for exps, c in poly.items():
+                    for j, v in uni.items():
+                        ne = list(exps)
+                        ne[i] += j
+                        ne = tuple(ne)
+                        nxt[ne] = nxt.get(ne, Fraction(0)) + c * v
+                poly = nxt
+            polys.append(poly)
+        return polys
+
+
+class LinearHead(nn.Module):
+    """z @ weight + bias on the design."""
+
+    def __init__(self, n_in: int, intercept: bool, dtype: torch.dtype):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(n_in, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros((), dtype=dtype)) if intercept else None
+
+    def forward(self, Z: torch.Tensor) -> torch.Tensor:
+        out = Z @ self.weight  # (n,)
+        return out + self.bias if self.bias is not None else out
+
+
+class MLPHead(nn.Module):
+    """A multilayer perceptron: Linear -> activation, repeated, then Linear to one output."""
+
+    def __init__(self, n_in: int, hidden: list[int], activation: str, dtype: torch.dtype, generator: torch.Generator):
+        super().__init__()
+        layers: list[nn.Module] = []
+        sizes = [n_in, *hidden]
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            layers += [nn.Linear(a, b, dtype=dtype), ACTIVATIONS[activation]()]
+        layers.append(nn.Linear(sizes[-1], 1, dtype=dtype))
+        self.net = nn.Sequential(*layers)
+        gain = nn.init.calculate_gain(activation if activation in ("relu", "tanh", "sigmoid", "leaky_relu") else "relu")
+        with torch.no_grad():
+            for m in self.net:
+                if isinstance(m, nn.Linear):
+                    bound = gain * math.sqrt(3.0 / m.in_features) if m is not layers[-1] else math.sqrt(1.0 / m.in_features)
+                    m.weight.copy_((torch.rand(m.weight.shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound)
+                    m.bias.zero_()
+
+    def forward(self, Z: torch.Tensor) -> torch.Tensor:
+        return self.net(Z).squeeze(-1)
+
+
+class RegressionModel(nn.Module):
+    """Raw inputs in, predictions in original units out.
+
+    ``spec`` holds everything needed to rebuild the module (kind, names, terms, sizes);
+    the state dict holds the numbers (weights and float64 scaling statistics).
+    """
+
+    def __init__(self, spec: dict, generator: Optional[torch.Generator] = None):
+        super().__init__()
+        self.spec = dict(spec)
+        dtype = DTYPES[spec["dtype"]]
+        d = len(spec["features"])
+        self.features = FeatureMap(d, [tuple(t) for t in spec["terms"]], spec["basis"])
+        m = self.features.n_terms
+        if spec["kind"] == "mlp":
+            g = generator if generator is not None else torch.Generator().manual_seed(0)
+            self.head: nn.Module = MLPHead(m, spec["hidden"], spec["activation"], dtype, g)
+        else:
+            self.head = LinearHead(m, spec["intercept"], dtype)
+        self.register_buffer("y_shift", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("y_scale", torch.ones((), dtype=torch.float64))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.spec["dtype"]]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.head.parameters()).device
+
+    def design(self, X: torch.Tensor, device=None) -> torch.Tensor:
+        """Raw (n, d) -> design (n, m) in the head's dtype, on ``device`` (default: the head's)."""
+        return self.features(X).to(device=device or self.device, dtype=self.dtype)
+
+    def scaled_target(self, y: torch.Tensor, device=None) -> torch.Tensor:
+        return ((y.to(torch.float64) - self.y_shift) / self.y_scale).to(device=device or self.device, dtype=self.dtype)
+
+    def unscale(self, pred_scaled: torch.Tensor) -> torch.Tensor:
+        """Head output -> original units, float64 on the CPU."""
+        return pred_scaled.detach().to("cpu", torch.float64) * self.y_scale.cpu() + self.y_shift.cpu()
+
+    @torch.no_grad()
+    def predict(self, X, batch_rows: int = 1 << 16) -> torch.Tensor:
+        """Predictions in original units (float64, CPU) for raw inputs (array or tensor (n, d))."""
+        X = torch.as_tensor(X, dtype=torch.float64)
+        if X.ndim == 1:
+            X = X[:, None]
+        if X.shape[1] != self.features.n_features:
+            raise DataError(f"expected {self.features.n_features} feature column(s), got {X.shape[1]}")
+        was = self.training
+        self.eval()
+        out = torch.cat(
+            [self.unscale(self.head(self.design(X[i : i + batch_rows]))) for i in range(0, X.shape[0], batch_rows)]
+        ) if X.shape[0] else torch.zeros(0, dtype=torch.float64)
+        self.train(was)
+        return out
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        return self.unscale(self.head(self.design(X)))
+
+    # ------------------------------------------------------------ readable form
+
+    def raw_polynomial(self) -> dict[tuple[int, ...], float]:
+        """A linear head as a polynomial in the raw inputs: {exponents: coefficient}, exact then rounded."""
+        assert isinstance(self.head, LinearHead)
+        fm = self.features
+        w = [Fraction(float(v)) for v in self.head.weight.detach().cpu().double().tolist()]
+        b = Fraction(float(self.head.bias.detach().cpu().double())) if self.head.bias is not None else Fraction(0)
+        mean = [Fraction(float(v)) for v in fm.col_mean.tolist()]
+        cs = [Fraction(float(v)) for v in fm.col_scale.tolist()]
+        ys, yh = Fraction(float(self.y_shift)), Fraction(float(self.y_scale))
+        zero = tuple([0] * fm.n_features)
+        total: dict[tuple[int, ...], Fraction] = {zero: ys + yh * b}
+        for j, poly in enumerate(fm.term_polynomials()):
+            a = yh * w[j] / cs[j]
+            total[zero] -= a * mean[j]
+            for e, c in poly.items():
+                total[e] = total.get(e, Fraction(0)) + a * c
+        return {e: float(c) for e, c in total.items()}
+
+    def coefficients(self) -> dict:
+        """The learned model in readable form (coefficients.json)."""
+        names = self.spec["features"]
+        target = self.spec["target"]
+        if self.spec["kind"] == "mlp":
+            layers = []
+            for m in self.head.net:
+                if isinstance(m, nn.Linear):
+                    layers.append({"type": "linear", "in": m.in_features, "out": m.out_features})
+                else:
+                    layers.append({"type": "activation", "name": self.spec["activation"]})
+            return {
+                "model": "mlp",
+                "target": target,
+                "features": names,
+                "layers": layers,
+                "parameters": int(sum(p.numel() for p in self.head.parameters())),
+            }
+        poly = self.raw_polynomial()
+        zero = tuple([0] * len(names))
+        order = [tuple(t) for t in polynomial_terms(len(names), max(sum(e) for e in poly), True)]
+        coefs = {term_name(e, names): poly.get(e, 0.0) for e in order if e in poly}
+        out = {"model": self.spec["kind"], "target": target}
+        if self.spec["intercept"]:
+            out["intercept"] = poly.get(zero, 0.0)
+        out["coefficients"] = coefs
+        out["equation"] = equation(target, out.get("intercept"), coefs)
+        return out
+
+
+def _num(v: float) -> str:
+    s = f"{v:.6g}"
+    return s
+
+
+def equation(target: str, intercept: Optional[float], coefs: dict[str, float]) -> str:
+    """'y = 3 + 2*x + 1*x^2' (6 significant digits)."""
+    parts: list[str] = []
+    if intercept is not None:
+        parts.append(_num(intercept))
+    for name, c in coefs.items():
+        term = f"{_num(abs(c))}*{name}"
+        if not parts:
+            parts.append(term if c >= 0 else f"-{term}")
+        else:
+            parts.append(("+ " if c >= 0 else "- ") + term)
+    return f"{target} = " + (" ".join(parts) if parts else "0")
+
+
+# ---------------------------------------------------------------- building from data
+
+
+def model_spec(cfg, feature_names: list[str], target: str) -> dict:
+    """The architecture of a config's model for these features (no numbers yet)."""
+    mc = cfg.model
+    d = len(feature_names)
+    spec = {
+        "kind": mc.kind,
+        "features": list(feature_names),
+        "target": target,
+        "dtype": cfg.dtype,
+        "intercept": getattr(mc, "intercept", True),
+        "standardize": cfg.data.standardize,
+    }
+    if mc.kind == "polynomial":
+        spec["terms"] = polynomial_terms(d, mc.degree, mc.interactions)
+        spec["basis"] = "legendre" if cfg.data.standardize and spec["intercept"] else "monomial"
+    else:
+        spec["terms"] = polynomial_terms(d, 1, False)
+        spec["basis"] = "monomial"
+    if mc.kind == "mlp":
+        spec["hidden"] = list(mc.hidden)
+        spec["activation"] = mc.activation
+    return spec
+
+
+@torch.no_grad()
+def fit_scaling(model: RegressionModel, X: torch.Tensor, y: torch.Tensor) -> None:
+    """Set the feature map's and the target's statistics from the training rows (float64)."""
+    spec = model.spec
+    fm = model.features
+    names = spec["features"]
+    if not spec["standardize"]:
+        return
+    if spec["kind"] != "mlp" and not spec["intercept"]:
+        # No intercept: scale only, never shift (a shift would add a constant term).
+        rms = X.pow(2).mean(0).sqrt()
+        _check_spread(rms, names)
+        fm.scale.copy_(rms)
+        fm.col_scale.copy_(_nonzero(fm.raw_terms(X).pow(2).mean(0).sqrt()))
+        model.y_scale.copy_(_nonzero(y.pow(2).mean().sqrt()))
+        return
+    if spec["basis"] == "legendre":
+        lo, hi = X.min(0).values, X.max(0).values
+        _check_spread(hi - lo, names)
+        fm.shift.copy_((hi + lo) / 2)
+        fm.scale.copy_((hi - lo) / 2)
+    else:
+        sd = X.std(0, unbiased=False) if X.shape[0] > 1 else torch.ones(X.shape[1], dtype=torch.float64)
+        _check_spread(sd, names)
+        fm.shift.copy_(X.mean(0))
+        fm.scale.copy_(sd)
+    if spec["kind"] != "mlp":
+        Z = fm.raw_terms(X)
+        fm.col_mean.copy_(Z.mean(0))
+        fm.col_scale.copy_(_nonzero(Z.std(0, unbiased=False)))
+    model.y_shift.copy_(y.mean())
+    model.y_scale.copy_(_nonzero(y.std(unbiased=False)))
+
+
+def _check_spread(spread: torch.Tensor, names: list[str]) -> None:
+    bad = [n for n, s in zip(names, spread.tolist()) if not s > 0]
+    if bad:
+        raise DataError(
+            f"feature column{'s' if len(bad) > 1 else ''} {', '.join(repr(b) for b in bad)} "
+            "take a single value on the training rows, so no coefficient can be fitted for them",
+            hint="leave such columns out of data.features",
+        )
+
+
+def _nonzero(t: torch.Tensor) -> torch.Tensor:
+    return torch.where(t > 0, t, torch.ones_like(t))
+
+
+def build_model(cfg, feature_names, target, X_train, y_train, device, generator=None) -> RegressionModel:
+    """A model for this config, its scaling fitted on the training rows, on ``device``."""
+    model = RegressionModel(model_spec(cfg, feature_names, target), generator=generator)
+    fit_scaling(model, X_train, y_train)
+    model.head.to(device)
+    return model

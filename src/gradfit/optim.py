@@ -1,0 +1,98 @@
+"""Optimizers and learning-rate rules.
+
+``lr: auto`` means:
+- sgd on linear and polynomial models with mse or huber loss: 1.8 / L, where L is the
+  largest eigenvalue of the loss's Hessian on the scaled design (the seed lecture's rule;
+  any step below 2 / L converges for a quadratic);
+- adam / adamw: 0.01 for linear and polynomial models, 0.001 for MLPs;
+- lbfgs: 1 (the strong-Wolfe line search picks the step);
+- anything else (sgd on an MLP, sgd with mae): an error asking for a number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from gradfit.errors import ConfigError
+
+
+# One L-BFGS "epoch" is one optimizer.step(): up to this many iterations, each with its line
+# search. (Single-iteration steps lose the curvature pairs across calls in torch's LBFGS.)
+LBFGS_ITERS_PER_EPOCH = 20
+
+
+@dataclass
+class OptimizerPlan:
+    kind: str
+    lr: float
+    lr_rule: str  # how lr was chosen: "given", "auto: 1.8/L (L=...)", ...
+
+
+def largest_hessian_eigenvalue(Z: torch.Tensor, intercept: bool, loss_kind: str, chunk: int = 1 << 16) -> float:
+    """Largest eigenvalue of the mean-loss Hessian for a linear head on design Z."""
+    m = Z.shape[1] + (1 if intercept else 0)
+    G = torch.zeros(m, m, dtype=torch.float64)
+    for i in range(0, Z.shape[0], chunk):
+        A = Z[i : i + chunk].to("cpu", torch.float64)
+        if intercept:
+            A = torch.cat([A, torch.ones(A.shape[0], 1, dtype=torch.float64)], dim=1)
+        G += A.T @ A
+    G /= Z.shape[0]
+    lam = float(torch.linalg.eigvalsh(G)[-1])
+    # mean(r^2) has Hessian 2 A^T A / n; huber (0.5 r^2 near zero) at most A^T A / n.
+    return 2 * lam if loss_kind == "mse" else lam
+
+
+def plan(cfg, Z_train: torch.Tensor | None) -> OptimizerPlan:
+    """Resolve the learning rate of a config (``auto`` or a number)."""
+    oc = cfg.optimizer
+    kind = oc.kind
+    model_kind = cfg.model.kind
+    if oc.lr != "auto":
+        return OptimizerPlan(kind, float(oc.lr), "given")
+    if kind == "sgd":
+        if model_kind not in ("linear", "polynomial") or cfg.loss.kind not in ("mse", "huber"):
+            raise ConfigError(
+                f"optimizer.lr: 'auto' for sgd is defined for linear and polynomial models with mse or huber "
+                f"loss, not a {model_kind} model with {cfg.loss.kind} loss",
+                hint="give optimizer.lr a number (e.g. 0.01), or use optimizer.kind: adam",
+            )
+        L = largest_hessian_eigenvalue(Z_train, cfg.model.intercept, cfg.loss.kind)
+        return OptimizerPlan(kind, 1.8 / L, f"auto: 1.8/L with L = {L:.6g}")
+    if kind in ("adam", "adamw"):
+        lr = 0.001 if model_kind == "mlp" else 0.01
+        return OptimizerPlan(kind, lr, f"auto: {lr} for {kind} on {model_kind} models")
+    return OptimizerPlan(kind, 1.0, f"auto: 1 for {kind}")
+
+
+def make_optimizer(cfg, params, lr: float, device: torch.device):
+    """A torch optimizer for the parameters (fused/foreach kernels where they apply)."""
+    oc = cfg.optimizer
+    params = list(params)
+    if oc.kind == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=lr,
+            momentum=oc.momentum or 0.0,
+            nesterov=bool(oc.nesterov),
+            weight_decay=oc.weight_decay,
+        )
+    if oc.kind in ("adam", "adamw"):
+        cls = torch.optim.Adam if oc.kind == "adam" else torch.optim.AdamW
+        kwargs = dict(lr=lr, betas=tuple(oc.betas) if oc.betas else (0.9, 0.999), weight_decay=oc.weight_decay)
+        if device.type == "cuda":
+            kwargs["fused"] = True
+        return cls(params, **kwargs)
+    if oc.kind == "lbfgs":
+        return torch.optim.LBFGS(
+            params,
+            lr=lr,
+            max_iter=LBFGS_ITERS_PER_EPOCH,
+            history_size=oc.history_size or 100,
+            tolerance_grad=0.0,
+            tolerance_change=0.0,
+            line_search_fn="strong_wolfe",
+        )
+    raise ConfigError(f"optimizer.kind: {oc.kind!r} is not available for a {cfg.model.kind} model")

@@ -1,0 +1,171 @@
+"""The training loop. It never prints: progress goes to a callback, results come back as data.
+
+The loop works on tensors already on the device: the design of the training rows,
+the scaled target, and the same for the validation rows. Mini-batches are slices
+of a seeded permutation; nothing runs per sample in Python.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from gradfit.errors import TrainingError
+
+# How many consecutive epochs the loss must change by at most ``tol`` (relative) to stop.
+TOL_WINDOW = {"lbfgs": 3, "lm": 3}
+DEFAULT_TOL_WINDOW = 10
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float  # original units
+    val_loss: Optional[float]
+    lr: float
+    seconds: float  # wall time since training began
+
+
+@dataclass
+class TrainResult:
+    history: list[EpochRecord] = field(default_factory=list)
+    epochs: int = 0
+    stop_reason: str = "max_epochs"  # max_epochs | tolerance | early_stopping | interrupted
+    converged: bool = False
+    seconds: float = 0.0
+    best_epoch: Optional[int] = None  # with early stopping: the epoch whose weights were kept
+
+
+@dataclass
+class TrainData:
+    """What the loop trains on, on the device, in scaled units."""
+
+    Z: torch.Tensor  # (n_train, m)
+    y: torch.Tensor  # (n_train,)
+    Z_val: Optional[torch.Tensor] = None
+    y_val: Optional[torch.Tensor] = None
+
+
+def fit(
+    head: torch.nn.Module,
+    data: TrainData,
+    loss_fn: Callable,
+    optimizer: torch.optim.Optimizer,
+    *,
+    kind: str,
+    epochs: int,
+    batch_size: Optional[int],
+    tol: float,
+    loss_scale: float,
+    lr: float,
+    generator: torch.Generator,
+    early_stopping=None,
+    on_epoch: Optional[Callable[[EpochRecord], None]] = None,
+    should_stop: Optional[Callable[[], bool]] = None,
+    on_checkpoint: Optional[Callable[[int], None]] = None,
+    checkpoint_every: Optional[int] = None,
+    start_epoch: int = 0,
+) -> TrainResult:
+    """Train ``head`` on ``data``; stop at ``epochs``, at ``tol``, by early stopping, or when asked."""
+    n = data.Z.shape[0]
+    full_batch = batch_size is None or batch_size >= n
+    has_val = data.Z_val is not None and data.Z_val.shape[0] > 0
+    window = TOL_WINDOW.get(kind, DEFAULT_TOL_WINDOW)
+    # A tolerance below what the dtype resolves would never be met: floor it at a few ulps.
+    tol = max(tol, 8 * torch.finfo(data.Z.dtype).eps)
+    result = TrainResult()
+    prev_loss: Optional[float] = None
+    calm = 0  # consecutive epochs whose loss changed by at most tol
+    best_val = math.inf
+    best_state = None
+    since_best = 0
+    last_finite: Optional[float] = None
+    t0 = time.perf_counter()
+
+    def closure():
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(head(data.Z), data.y)
+        loss.backward()
+        return loss
+
+    epoch = start_epoch
+    for epoch in range(start_epoch + 1, epochs + 1):
+        head.train()
+        if kind == "lbfgs":
+            loss_t = optimizer.step(closure).detach()
+            # L-BFGS reports the loss before its step; evaluate where it ended.
+            with torch.no_grad():
+                loss_t = loss_fn(head(data.Z), data.y)
+        elif full_batch:
+            loss_t = closure().detach()
+            optimizer.step()
+        else:
+            perm = torch.randperm(n, generator=generator).to(data.Z.device)
+            total = torch.zeros((), dtype=data.Z.dtype, device=data.Z.device)
+            for i in range(0, n, batch_size):
+                idx = perm[i : i + batch_size]
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(head(data.Z[idx]), data.y[idx])
+                loss.backward()
+                optimizer.step()
+                total += loss.detach() * idx.shape[0]
+            loss_t = total / n
+        train_loss = float(loss_t) * loss_scale
+        if not math.isfinite(train_loss):
+            last = f"{last_finite:.6g}" if last_finite is not None else "none"
+            raise TrainingError(
+                f"training diverged: the loss became {train_loss} at epoch {epoch} (last finite loss: {last})",
+                hint=f"lower optimizer.lr (it is {lr:.3g}; try {lr / 10:.3g}), or keep data.standardize: true",
+            )
+        last_finite = train_loss
+        val_loss = None
+        if has_val:
+            head.eval()
+            with torch.no_grad():
+                val_loss = float(loss_fn(head(data.Z_val), data.y_val)) * loss_scale
+        rec = EpochRecord(epoch, train_loss, val_loss, lr, time.perf_counter() - t0)
+        result.history.append(rec)
+        if on_epoch is not None:
+            on_epoch(rec)
+        if checkpoint_every and on_checkpoint is not None and epoch % checkpoint_every == 0:
+            on_checkpoint(epoch)
+
+        # Early stopping on the validation loss, keeping the best weights.
+        if early_stopping is not None and val_loss is not None:
+            if val_loss < best_val * (1 - early_stopping.min_delta) or best_state is None:
+                best_val = val_loss
+                best_state = copy.deepcopy(head.state_dict())
+                result.best_epoch = epoch
+                since_best = 0
+            else:
+                since_best += 1
+                if since_best >= early_stopping.patience:
+                    result.stop_reason = "early_stopping"
+                    result.converged = True
+                    break
+
+        # Tolerance: the loss changed by at most tol (relative) in each of the last `window` epochs.
+        # (A rule on the change, not on the best loss, so that Adam's early oscillations do not stop it.)
+        if prev_loss is not None and abs(prev_loss - train_loss) <= tol * abs(prev_loss):
+            calm += 1
+        else:
+            calm = 0
+        prev_loss = train_loss
+        if calm >= window:
+            result.stop_reason = "tolerance"
+            result.converged = True
+            break
+        if should_stop is not None and should_stop():
+            result.stop_reason = "interrupted"
+            break
+
+    if best_state is not None:
+        head.load_state_dict(best_state)
+    result.epochs = epoch if result.history else start_epoch
+    result.seconds = time.perf_counter() - t0
+    return result

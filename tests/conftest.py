@@ -1,0 +1,69 @@
+"""Shared fixtures: the repository's paths, a fast runner for the CLI, small configs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+DATA = ROOT / "data"
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture
+def root() -> Path:
+    return ROOT
+
+
+@pytest.fixture
+def cli():
+    """Run the CLI in-process: cli(*args) -> click Result (exit_code, stdout, stderr)."""
+    from typer.testing import CliRunner
+
+    from gradfit.cli import app
+
+    runner = CliRunner()
+
+    def run(*args, input=None):
+        return runner.invoke(app, [str(a) for a in args], input=input, catch_exceptions=False)
+
+    return run
+
+
+def run_gradfit(*args, cwd=None, timeout=120, env=None) -> subprocess.CompletedProcess:
+    """Run ``python -m gradfit`` in a subprocess (for exit codes and the absence of tracebacks)."""
+    e = dict(os.environ, **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "gradfit", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+        env=e,
+    )
+
+
+@pytest.fixture
+def gradfit_proc():
+    return run_gradfit
+
+
+def small_config(**overrides) -> dict:
+    """A fast polynomial config on synthetic data, as a dict (override sections by keyword)."""
+    cfg = {
+        "name": "t",
+        "seed": 0,
+        "device": "cpu",
+        "data": {"synthetic": {"kind": "polynomial", "coefficients": [3, 2, 1], "n_samples": 100}},
+        "model": {"kind": "polynomial", "degree": 2},
+        "optimizer": {"kind": "adam", "lr": 0.05},
+        "train": {"epochs": 300},
+    }
+    cfg.update(overrides)
+    return cfg

@@ -62,6 +62,14 @@ def fingerprint(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
+def tensor_fingerprint(*tensors: torch.Tensor) -> str:
+    """sha256 of tensors' float64 bytes (synthetic data: regenerated rows must be the same rows)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
+    return "sha256:" + h.hexdigest()
+
+
 # ---------------------------------------------------------------- files
 
 
@@ -229,6 +237,7 @@ def load_dataset(cfg: Config) -> Dataset:
                 f"synthetic data has features {ds.feature_names} and target 'y'; "
                 "remove data.target/data.features or make them match"
             )
+        ds.source["fingerprint"] = tensor_fingerprint(ds.X, ds.y)
         return ds
     path = cfg.resolved_data_path()
     columns = read_columns(path)
@@ -266,10 +275,11 @@ def split_rows(n: int, val: float, test: float, seed: int) -> Split:
     return Split(train_idx, val_idx, test_idx)
 
 
-def load_table(path: Path, feature_names: list[str], target: Optional[str], require_target: bool):
+def load_table(path: Path, feature_names: list[str], target: Optional[str], require_target: bool, dropna: bool = False):
     """Read a data file for eval/predict: the model's feature columns (and the target when present).
 
-    Returns (frame of all the file's columns, X float64, y float64 or None).
+    Returns (frame of all the file's columns, X float64, y float64 or None, notes). With ``dropna``
+    rows with missing values are left out of X and y (not of the frame), as in training.
     """
     columns = read_columns(path)
     missing = [f for f in feature_names if f not in columns]
@@ -294,5 +304,12 @@ def load_table(path: Path, feature_names: list[str], target: Optional[str], requ
         raise DataError(f"{path}: cannot read it: {exc}") from None
     if len(frame) == 0:
         raise DataError(f"{path}: the file has a header but no rows")
-    X, y, _ = frame_to_arrays(frame.copy(), feature_names, target if has_target else None, path, dropna=False)
-    return frame, X, y
+    try:
+        X, y, notes = frame_to_arrays(frame.copy(), feature_names, target if has_target else None, path, dropna)
+    except DataError as err:
+        if err.hint and "data.dropna" in err.hint:  # that hint is for training configs
+            err.hint = "fill in or remove the rows with missing values"
+        raise
+    if len(X) == 0:
+        raise DataError(f"{path}: no rows left after dropping missing values")
+    return frame, X, y, notes

@@ -39,12 +39,16 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["SolveResult", "EquationFile", "solve", "read_equation_file"]
 
 OPTIMIZERS = ("lbfgs", "adam", "sgd")
-DEFAULT_MAX_ITER = {"lbfgs": 1000, "adam": 10000, "sgd": 10000}
-DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.1, "sgd": None}  # sgd: None = 1/L from the Jacobian at the start
+DEFAULT_MAX_ITER = {"lbfgs": 1000, "adam": 5000, "sgd": 5000}
+# sgd's None: 1/L, L the largest curvature of the loss at the start (2 sigma_max(J)^2)
+DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.1, "sgd": None}
 MAX_STARTS = 1000
 _DOMAIN_RETRIES = 20  # fresh starts tried when a start gives a non-finite value
 _HALVINGS = 60  # step halvings per iteration before giving up
-_PATIENCE = 100  # adam: iterations without improvement before the lr is halved
+_PATIENCE = 50  # adam: iterations without improvement before the lr is halved
+_STALL = 10  # L-BFGS iterations without improvement of the loss before a run stops
+_RECOVERY_STARTS = 10  # random starts tried when no requested start solves a nonlinear system
+_EPS = 2.220446049250313e-16  # float64 machine epsilon
 _NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
@@ -57,7 +61,7 @@ class SolveResult:
     solution: dict[str, float]
     residuals: list[float]  # LEFT - RIGHT per equation, in input order
     max_abs_residual: float
-    converged: bool  # the optimizer met its stopping rule (not the iteration cap)
+    converged: bool  # stopped at a solution or a stationary point (not the cap, not stuck)
     iterations: int
     linear: bool
     rank: int
@@ -188,14 +192,14 @@ class _System:
         self.equations = equations
         self.unknowns = unknowns
 
-    def residuals(self, x: "torch.Tensor") -> "torch.Tensor":
+    def residuals(self, x: torch.Tensor) -> torch.Tensor:
         """(n,) -> (m,): LEFT - RIGHT of each equation."""
         import torch
 
-        env = {name: x[i] for i, name in enumerate(self.unknowns)}
+        env = dict(zip(self.unknowns, x.unbind()))
         return torch.stack([eq.residual(env).reshape(()) for eq in self.equations])
 
-    def value_and_grad(self, x: "torch.Tensor"):
+    def value_and_grad(self, x: torch.Tensor):
         """Loss sum(r**2) as a float, its gradient (n,), and the residuals (m,)."""
         import torch
 
@@ -209,14 +213,14 @@ class _System:
             grad = torch.zeros_like(x)
         return loss.item(), grad.detach(), r.detach()
 
-    def jacobian(self, x: "torch.Tensor") -> "torch.Tensor":
+    def jacobian(self, x: torch.Tensor) -> torch.Tensor:
         """(m, n) at x (torch.autograd.functional, which does not import torch._dynamo)."""
         from torch.autograd.functional import jacobian
 
         return jacobian(self.residuals, x.detach()).reshape(len(self.equations), len(x))
 
 
-def _finite(loss: float, grad: "torch.Tensor") -> bool:
+def _finite(loss: float, grad: torch.Tensor) -> bool:
     import torch
 
     return math.isfinite(loss) and bool(torch.isfinite(grad).all())
@@ -226,43 +230,60 @@ def _finite(loss: float, grad: "torch.Tensor") -> bool:
 class _Run:
     """One optimizer run from one start."""
 
-    x: "torch.Tensor"
+    x: torch.Tensor
     loss: float
-    residuals: "torch.Tensor"
+    residuals: torch.Tensor
     iterations: int
     converged: bool
     stopped: str  # "residuals", "stationary", "stalled", "max_iter"
 
 
 class _Stopping:
-    """The stopping rule shared by the optimizers."""
+    """The stopping rule shared by the optimizers.
 
-    def __init__(self, tol: float, grad0: "torch.Tensor"):
-        # Polish well past the tolerance: the residuals are cheap, the point's digits are not.
-        self.target = tol * 1e-3
-        self.gtol = 1e-12 * max(1.0, float(grad0.abs().max()))
+    Stop when the residuals are far below the tolerance (polish past it: the
+    point's digits matter, e.g. for the minimum-norm solution), when the gradient
+    vanishes (a least-squares point), or when the loss has not improved for
+    ``stall`` iterations (rounding noise). ``converged`` is false only at the
+    iteration cap or when stalled while the gradient is still large.
+    """
 
-    def reached(self, grad: "torch.Tensor", residuals: "torch.Tensor") -> str | None:
+    def __init__(self, tol: float, grad0: torch.Tensor, stall: int):
+        self.stall = stall
+        self.target = tol * 1e-6
+        self.gtol = 1e-14 * max(1.0, float(grad0.abs().max()))
+        self.best = math.inf
+        self.since_best = 0
+
+    def reached(self, loss: float, grad: torch.Tensor, residuals: torch.Tensor) -> str | None:
         if float(residuals.abs().max()) <= self.target:
             return "residuals"
         if float(grad.abs().max()) <= self.gtol:
             return "stationary"
+        if loss < self.best * (1 - 1e-12):
+            self.best, self.since_best = loss, 0
+        else:
+            self.since_best += 1
+            if self.since_best >= self.stall:
+                return "stalled"
         return None
 
-    def stationary_enough(self, grad: "torch.Tensor") -> bool:
-        """After the line search stalls: is the gradient down at rounding level?"""
-        return float(grad.abs().max()) <= self.gtol * 1e6
+    def run(self, x, loss, residuals, grad, iterations: int, reason: str | None) -> _Run:
+        converged = reason in ("residuals", "stationary") or (
+            reason == "stalled" and float(grad.abs().max()) <= self.gtol * 1e8
+        )
+        return _Run(x, loss, residuals, iterations, converged, reason or "max_iter")
 
 
 def _lbfgs(system: _System, x, lr: float, max_iter: int, tol: float, memory: int = 10) -> _Run:
     """L-BFGS (two-loop recursion) with a backtracking Armijo line search."""
     loss, grad, res = system.value_and_grad(x)
-    stop = _Stopping(tol, grad)
+    stop = _Stopping(tol, grad, _STALL)
     pairs: deque = deque(maxlen=memory)  # (s, y, 1 / s.y)
     for it in range(max_iter):
-        reason = stop.reached(grad, res)
+        reason = stop.reached(loss, grad, res)
         if reason:
-            return _Run(x, loss, res, it, True, reason)
+            return stop.run(x, loss, res, grad, it, reason)
         # d = -H grad; H0 = (s.y / y.y) I keeps every direction in span(gradients)
         q = grad.clone()
         alphas = []
@@ -284,29 +305,34 @@ def _lbfgs(system: _System, x, lr: float, max_iter: int, tol: float, memory: int
         for _ in range(_HALVINGS):
             x_new = x + step * direction
             loss_new, grad_new, res_new = system.value_and_grad(x_new)
-            if _finite(loss_new, grad_new) and loss_new <= loss + 1e-4 * step * slope:
+            finite = _finite(loss_new, grad_new)
+            if finite and loss_new <= loss + 1e-4 * step * slope:
                 break
-            step *= 0.5
+            # minimum of the quadratic through f(0), f'(0), f(step), kept within [0.1, 0.5] step
+            curve = loss_new - loss - slope * step if finite else 0.0
+            shrink = -slope * step / (2 * curve) if curve > 0 else 0.5
+            step *= min(0.5, max(0.1, shrink))
         else:  # no decrease possible along the direction
-            return _Run(x, loss, res, it, stop.stationary_enough(grad), "stalled")
+            return stop.run(x, loss, res, grad, it, "stalled")
         s, y = x_new - x, grad_new - grad
+        if float(s.abs().max()) <= 4 * _EPS * max(1.0, float(x.abs().max())):
+            return stop.run(x_new, loss_new, res_new, grad_new, it + 1, "stalled")  # rounding level
         sy = float(s @ y)
         if sy > 1e-12 * float(y @ y):  # keep the curvature pair only where it is positive
             pairs.append((s, y, 1.0 / sy))
         x, loss, grad, res = x_new, loss_new, grad_new, res_new
-    reason = stop.reached(grad, res)
-    return _Run(x, loss, res, max_iter, bool(reason), reason or "max_iter")
+    return stop.run(x, loss, res, grad, max_iter, stop.reached(loss, grad, res))
 
 
 def _first_order(
     system: _System, x, lr: float | None, max_iter: int, tol: float, *, adam: bool
 ) -> _Run:
-    """Adam or plain gradient descent; a step that fails (non-finite or, for sgd, uphill) is
-    retried with half the learning rate, and Adam halves it after a plateau."""
+    """Adam or plain gradient descent. A step that fails (non-finite, or uphill for gradient
+    descent) is retried with half the learning rate; Adam also halves it on a plateau."""
     import torch
 
     loss, grad, res = system.value_and_grad(x)
-    stop = _Stopping(tol, grad)
+    stop = _Stopping(tol, grad, 10 * _PATIENCE)  # Adam gets plateaus to lower its lr
     if lr is None:  # gradient descent: 1/L with L = 2 * sigma_max(J)^2 at the start
         sigma = float(torch.linalg.matrix_norm(system.jacobian(x), ord=2))
         lr = 0.5 / sigma**2 if sigma > 0 else 1.0
@@ -314,9 +340,9 @@ def _first_order(
     v = torch.zeros_like(x)
     best, since_best = loss, 0
     for it in range(max_iter):
-        reason = stop.reached(grad, res)
+        reason = stop.reached(loss, grad, res)
         if reason:
-            return _Run(x, loss, res, it, True, reason)
+            return stop.run(x, loss, res, grad, it, reason)
         if adam:
             m = 0.9 * m + 0.1 * grad
             v = 0.999 * v + 0.001 * grad * grad
@@ -331,17 +357,16 @@ def _first_order(
                 break
             lr *= 0.5
         else:
-            return _Run(x, loss, res, it, stop.stationary_enough(grad), "stalled")
+            return stop.run(x, loss, res, grad, it, "stalled")
         x, loss, grad, res = x_new, loss_new, grad_new, res_new
-        if loss < best * (1 - 1e-9):
-            best, since_best = loss, 0
-        else:
-            since_best += 1
-            if adam and since_best >= _PATIENCE:  # oscillating around the minimum
-                lr *= 0.5
-                since_best = 0
-    reason = stop.reached(grad, res)
-    return _Run(x, loss, res, max_iter, bool(reason), reason or "max_iter")
+        if adam:  # oscillating around the minimum: smaller steps
+            if loss < best * (1 - 1e-9):
+                best, since_best = loss, 0
+            else:
+                since_best += 1
+                if since_best >= _PATIENCE:
+                    lr, since_best = lr * 0.5, 0
+    return stop.run(x, loss, res, grad, max_iter, stop.reached(loss, grad, res))
 
 
 # --------------------------------------------------------------------------- solve
@@ -371,78 +396,70 @@ def solve(
     for text that does not parse and ``SolveError`` when no start can be
     evaluated; a system with no solution is a result (``status``), not an error.
     """
-    import torch
-
-    t0 = time.perf_counter()
     _check_options(optimizer, lr, max_iter, tol, starts, init)
     parsed = _parse_all(equations, labels)
     unknowns = list(dict.fromkeys(name for eq in parsed for name in eq.names))
     if not unknowns:
         raise EquationError("the equations have no unknowns", hint="use names, e.g. 'x + y = 3'")
-    start = _initial_vector(unknowns, initial or {})
+    import torch  # only now: a typo is reported without waiting for torch to import
+
+    t0 = time.perf_counter()  # solver time, torch's import excluded
     system = _System(parsed, unknowns)
     linear = all(eq.is_affine_in(unknowns) for eq in parsed)
     max_iter = max_iter or DEFAULT_MAX_ITER[optimizer]
     lr = lr if lr is not None else DEFAULT_LR[optimizer]
-    generator = torch.Generator().manual_seed(seed)
-    given = torch.tensor([not math.isnan(v) for v in start.tolist()])
-    scale = max([1.0] + [abs(v) for v in start.tolist() if not math.isnan(v)])
 
-    def draw() -> "torch.Tensor":
-        return torch.randn(len(unknowns), generator=generator, dtype=torch.float64) * scale
-
-    def run(x0: "torch.Tensor") -> _Run:
+    def run(x0: torch.Tensor) -> _Run:
         if optimizer == "lbfgs":
             return _lbfgs(system, x0, lr, max_iter, tol)
         return _first_order(system, x0, lr, max_iter, tol, adam=optimizer == "adam")
 
-    first = torch.where(given, start, draw() if init == "random" else torch.zeros(len(unknowns), dtype=torch.float64))
-    x0, moved = _finite_start(system, first, given, draw, parsed, labels)
+    search = _Search(system, _initial_vector(unknowns, initial or {}), seed, labels)
+    x0, moved = search.first_start(init)
     runs = [run(x0)]
-    for _ in range(1 if linear else starts - 1):
-        if linear:
+    for _ in range(0 if linear else starts - 1):
+        search.run_random(run, runs)
+    # A nonlinear system can stop at a saddle or local minimum (x*y = 1 from zero):
+    # recover with fresh starts until one solves it, unless runs end at the iteration cap
+    # (more starts would not help there).
+    for _ in range(0 if linear else _RECOVERY_STARTS):
+        if any(_max_abs(r) <= tol for r in runs) or not runs[-1].converged:
             break
-        try:
-            x_k, _ = _finite_start(system, draw(), torch.zeros_like(given), draw, parsed, labels)
-        except SolveError:
-            continue  # every extra start is optional
-        runs.append(run(x_k))
+        search.run_random(run, runs)
 
     best = _pick(runs, tol)
-    x = best.x
-    jac = system.jacobian(x)
-    n = len(unknowns)
-    sv = torch.linalg.svdvals(jac) if jac.numel() else torch.zeros(0, dtype=torch.float64)
+    x, residuals = best.x, best.residuals
+    jac = system.jacobian(x)  # (m, n)
+    _, sv, vh = torch.linalg.svd(jac, full_matrices=True)
     rank = _rank(sv, jac.shape, linear)
     free: list[dict[str, float]] = []
     consistent = None
     if linear:
-        _, _, vh = torch.linalg.svd(jac, full_matrices=True)
         null = vh[rank:]  # (n - rank, n): orthonormal basis of the free directions
-        if len(null):
-            # Remove any drift along the null space: the point nearest the start (x0 = 0:
-            # minimum norm). Residuals do not change.
-            x = x - null.T @ (null @ (x - x0))
-            best.residuals = system.residuals(x).detach()
+        # Remove any drift along the null space (Adam's can be real): the point nearest
+        # the start, the minimum-norm one from zero. The residuals do not change.
+        x = x - null.T @ (null @ (x - x0))
+        residuals = system.residuals(x).detach()
         free = [_direction(unknowns, v) for v in null]
         consistent = _consistent(system, jac, tol)
-    residuals = best.residuals.tolist()
-    max_res = max(abs(r) for r in residuals) if residuals else 0.0
-    solved = max_res <= tol
-    solution = dict(zip(unknowns, (float(v) for v in x)))
-    solutions = _distinct([r for r in runs if _max_abs(r) <= tol], unknowns)
-    if solved and not any(_same(list(solution.values()), list(s.values())) for s in solutions):
-        solutions.insert(0, solution)
+    max_res = float(residuals.abs().max())
+    solution = dict(zip(unknowns, x.tolist()))
+    if linear:
+        solutions = [solution] if max_res <= tol else []
+    else:
+        solutions = _distinct([r for r in runs if _max_abs(r) <= tol], unknowns)
     status, note, hint = _describe(
         linear=linear,
         consistent=consistent,
-        solved=solved,
+        solved=max_res <= tol,
         run=best,
         rank=rank,
-        n=n,
+        n=len(unknowns),
         from_zero=bool((x0 == 0).all()),
         moved=moved,
-        starts=len(runs) if not linear else starts,
+        recovered=best is not runs[0],
+        starts=starts,
+        tried=len(runs),
         found=len(solutions),
         max_iter=max_iter,
         optimizer=optimizer,
@@ -451,13 +468,13 @@ def solve(
         unknowns=unknowns,
         equations=[eq.text for eq in parsed],
         solution=solution,
-        residuals=residuals,
+        residuals=residuals.tolist(),
         max_abs_residual=max_res,
         converged=best.converged,
         iterations=best.iterations,
         linear=linear,
         rank=rank,
-        unique=rank == n,
+        unique=rank == len(unknowns),
         status=status,
         note=note,
         hint=hint,
@@ -467,6 +484,71 @@ def solve(
         tol=tol,
         seconds=time.perf_counter() - t0,
     )
+
+
+class _Search:
+    """Starting points: the configured one, then seeded random draws; all with finite values."""
+
+    def __init__(self, system: _System, start: torch.Tensor, seed: int, labels):
+        import torch
+
+        self.system = system
+        self.labels = labels
+        self.start = start  # NaN where no initial value is given
+        self.given = ~torch.isnan(start)
+        self.generator = torch.Generator().manual_seed(seed)
+        # random starts on the scale of the given values (at least 1)
+        self.scale = max([1.0] + start[self.given].abs().tolist())
+
+    def draw(self) -> torch.Tensor:
+        import torch
+
+        n = len(self.start)
+        return torch.randn(n, generator=self.generator, dtype=torch.float64) * self.scale
+
+    def first_start(self, init: str) -> tuple[torch.Tensor, bool]:
+        """The configured start, or a draw (given values kept) if it is not finite there."""
+        import torch
+
+        rest = self.draw() if init == "random" else torch.zeros_like(self.start)
+        return self._finite(torch.where(self.given, self.start, rest), self.given)
+
+    def run_random(self, run: Callable, runs: list[_Run]) -> None:
+        """One more run from a random start; skipped if no finite start turns up."""
+        import torch
+
+        try:
+            x, _ = self._finite(self.draw(), torch.zeros_like(self.given))
+        except SolveError:
+            return
+        runs.append(run(x))
+
+    def _finite(self, x0: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """x0 if the loss and its gradient are finite there, else fresh draws (keeping the
+        entries in keep); returns the start and whether it differs from x0."""
+        import torch
+
+        x = x0
+        for attempt in range(_DOMAIN_RETRIES + 1):
+            loss, grad, _ = self.system.value_and_grad(x)
+            if _finite(loss, grad):
+                return x, attempt > 0
+            x = torch.where(keep, x0, self.draw())
+        # Name the equations that fail at the first start.
+        _, _, res = self.system.value_and_grad(x0)
+        equations = self.system.equations
+        bad = [i for i, r in enumerate(res.tolist()) if not math.isfinite(r)]
+        where = ", ".join(
+            f"{self.labels[i] if self.labels is not None else f'equation {i + 1}'} "
+            f"({equations[i].text})"
+            for i in (bad or range(len(equations)))[:3]
+        )
+        raise SolveError(
+            f"no starting point gives finite values: {where} is not finite (or has no gradient) "
+            f"at the start and at {_DOMAIN_RETRIES} random ones",
+            hint="check for division by zero, or give starting values inside the domain "
+            "(log and sqrt need positive arguments), e.g. --initial x=1",
+        )
 
 
 def _check_options(optimizer, lr, max_iter, tol, starts, init) -> None:
@@ -491,7 +573,9 @@ def _parse_all(equations, labels) -> list[Equation]:
     if isinstance(equations, str):
         equations = [equations]
     if not equations:
-        raise EquationError("no equations given", hint="e.g. gradfit solve-equations 'x + y = 3' 'x - y = 1'")
+        raise EquationError(
+            "no equations given", hint="e.g. gradfit solve-equations 'x + y = 3' 'x - y = 1'"
+        )
     if labels is not None and len(labels) != len(equations):
         raise ValueError("labels must have one entry per equation")
     parsed = []
@@ -509,7 +593,7 @@ def _parse_all(equations, labels) -> list[Equation]:
     return parsed
 
 
-def _initial_vector(unknowns: list[str], initial: Mapping[str, float]) -> "torch.Tensor":
+def _initial_vector(unknowns: list[str], initial: Mapping[str, float]) -> torch.Tensor:
     """Starting values by unknown; NaN where none is given."""
     import torch
 
@@ -517,40 +601,19 @@ def _initial_vector(unknowns: list[str], initial: Mapping[str, float]) -> "torch
     for name, value in initial.items():
         if name not in unknowns:
             raise EquationError(
-                f"initial value for '{name}', which is not an unknown of the equations",
+                f"the initial values name '{name}', which is not an unknown of the equations",
                 hint=_closest(name, unknowns) or f"the unknowns are {', '.join(unknowns)}",
             )
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise EquationError(f"the initial value of '{name}' must be a finite number, not {value!r}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
+            raise EquationError(
+                f"the initial value of '{name}' must be a finite number, not {value!r}"
+            )
         values[unknowns.index(name)] = float(value)
     return torch.tensor(values, dtype=torch.float64)
-
-
-def _finite_start(system, x0, given, draw, parsed, labels):
-    """A start where the loss and its gradient are finite: x0, or fresh draws (given values kept).
-
-    Returns the start and whether it differs from x0.
-    """
-    import torch
-
-    x = x0
-    for attempt in range(_DOMAIN_RETRIES + 1):
-        loss, grad, _ = system.value_and_grad(x)
-        if _finite(loss, grad):
-            return x, attempt > 0
-        x = torch.where(given, x0, draw())
-    # Name the equations that fail at the first start.
-    loss, grad, res = system.value_and_grad(x0)
-    bad = [i for i, r in enumerate(res.tolist()) if not math.isfinite(r)] or list(range(len(parsed)))
-    where = ", ".join(
-        f"{labels[i] if labels is not None else f'equation {i + 1}'} ({parsed[i].text})" for i in bad[:3]
-    )
-    raise SolveError(
-        f"no starting point gives finite values: {where} is not finite (or has no gradient) "
-        f"at the start and at {_DOMAIN_RETRIES} random ones",
-        hint="check for division by zero, or give starting values inside the domain "
-        "(log and sqrt need positive arguments), e.g. --initial x=1",
-    )
 
 
 def _max_abs(run: _Run) -> float:
@@ -558,7 +621,7 @@ def _max_abs(run: _Run) -> float:
 
 
 def _pick(runs: list[_Run], tol: float) -> _Run:
-    """The first run that solves the system (the configured start comes first), else the lowest loss."""
+    """The first run that solves the system (the configured start first), else the lowest loss."""
     for r in runs:
         if _max_abs(r) <= tol:
             return r
@@ -579,17 +642,17 @@ def _distinct(runs: list[_Run], unknowns: list[str]) -> list[dict[str, float]]:
     return [dict(zip(unknowns, p)) for p in points]
 
 
-def _rank(sv: "torch.Tensor", shape, linear: bool) -> int:
+def _rank(sv: torch.Tensor, shape, linear: bool) -> int:
     """Singular values above a relative tolerance: rounding level for a linear system's exact
     Jacobian; 1e-8 of max(sigma_max, 1) at an approximate nonlinear solution."""
-    if not len(sv) or float(sv[0]) == 0.0:
+    if float(sv[0]) == 0.0:
         return 0
     top = float(sv[0])
-    cutoff = max(shape) * 2.2e-16 * top if linear else 1e-8 * max(top, 1.0)
+    cutoff = max(shape) * _EPS * top if linear else 1e-8 * max(top, 1.0)
     return int((sv > cutoff).sum())
 
 
-def _direction(unknowns: list[str], v: "torch.Tensor") -> dict[str, float]:
+def _direction(unknowns: list[str], v: torch.Tensor) -> dict[str, float]:
     """A unit null-space vector, its largest component made positive, rounding noise cleared."""
     values = v.tolist()
     if values[max(range(len(values)), key=lambda i: (abs(values[i]) > 1e-9, -i))] < 0:
@@ -597,8 +660,11 @@ def _direction(unknowns: list[str], v: "torch.Tensor") -> dict[str, float]:
     return {name: (round(a, 12) if abs(a) > 1e-12 else 0.0) for name, a in zip(unknowns, values)}
 
 
-def _consistent(system: _System, jac: "torch.Tensor", tol: float) -> bool:
-    """Closed-form check for a linear system: does the least-squares point satisfy every equation?"""
+def _consistent(system: _System, jac: torch.Tensor, tol: float) -> bool:
+    """Closed-form check of a linear system: does the least-squares point satisfy every equation?
+
+    Computed beside the optimizer (as exact.py does for fits), never instead of it.
+    """
     import torch
 
     n = jac.shape[1]
@@ -612,46 +678,81 @@ def _count(k: int, noun: str) -> str:
     return f"{word} {noun}" + ("" if k == 1 else "s")
 
 
-def _describe(*, linear, consistent, solved, run, rank, n, from_zero, moved, starts, found, max_iter, optimizer):
+def _describe(
+    *,
+    linear,
+    consistent,
+    solved,
+    run,
+    rank,
+    n,
+    from_zero,
+    moved,
+    recovered,
+    starts,
+    tried,
+    found,
+    max_iter,
+    optimizer,
+):
     """status, note and hint for the result."""
     free = n - rank
-    nearest = "the minimum-norm" if from_zero else "the one nearest the starting point"
-    moved_note = "; the first start gave non-finite values, so another was drawn" if moved else ""
+
+    def which(noun: str) -> str:
+        return f"the minimum-norm {noun}" if from_zero else f"the {noun} nearest the starting point"
+
     if linear and consistent is False:
-        tail = f" ({_count(free, 'free direction')}; {nearest} point)" if free else ""
-        note = f"inconsistent: no point satisfies every equation; this is the least-squares point{tail}"
+        point = f"{which('least-squares point')} ({_count(free, 'free direction')})"
+        note = "inconsistent: no point satisfies every equation; this is " + (
+            point if free else "the least-squares point"
+        )
         return "inconsistent", note, "check the equations: some of them contradict each other"
     if not solved:
-        if run.stopped == "max_iter" or not run.converged:
+        if not run.converged:
             note = (
                 f"not converged: the equations do not hold within the tolerance after "
-                f"{run.iterations} iterations ({run.stopped}){moved_note}"
+                f"{run.iterations} iterations"
+                + (" (the iteration cap)" if run.stopped == "max_iter" else " (no more progress)")
             )
-            hint = f"try --max-iter {max_iter * 10}" if run.stopped == "max_iter" else "try another start"
+            hint = (
+                f"try --max-iter {max_iter * 10}"
+                if run.stopped == "max_iter"
+                else "try another start"
+            )
             if optimizer != "lbfgs":
                 hint += " or --optimizer lbfgs"
             return "not_converged", note, hint
         note = (
             "no solution found: the squared error stopped decreasing where the equations do not "
             "hold (a local minimum, or the system has no real solution)"
-            + (f"; {starts} starts tried" if starts > 1 else "")
+            + (f"; {_count(tried, 'start')} tried" if tried > 1 else "")
         )
-        return "no_solution_found", note, "try --starts 20, or other starting values (--initial NAME=VALUE)"
+        return (
+            "no_solution_found",
+            note,
+            "try --starts 20, or other starting values (--initial NAME=VALUE)",
+        )
     if linear:
         if free:
-            note = f"underdetermined: {_count(free, 'free direction')}; this is {nearest} solution"
+            note = f"underdetermined: {_count(free, 'free direction')}; this is {which('solution')}"
         else:
             note = "linear; the solution is unique"
-    elif rank == n:
+        return "solved", note, None
+    if rank == n:
         note = "nonlinear; the Jacobian has full rank here, so this solution is locally unique"
     else:
         note = (
-            f"nonlinear; the Jacobian has rank {rank} of {n} here, so the solution may not be "
-            "isolated"
+            f"nonlinear; the Jacobian has rank {rank} of {n} here, "
+            "so the solution may not be isolated"
         )
-    if not linear:
-        if starts > 1:
-            note += f"; {_count(found, 'distinct solution')} found in {starts} starts"
-        else:
-            note += "; other solutions may exist (try --starts 10)"
-    return "solved", note + moved_note, None
+    if starts > 1:
+        note += f"; {_count(found, 'distinct solution')} found in {_count(tried, 'start')}"
+    else:
+        note += "; other solutions may exist (try --starts 10)"
+    if recovered:
+        note += (
+            "; found from a random start (the first start stopped where the equations do not hold)"
+        )
+    elif moved:
+        note += "; found from a random start (the first start gave non-finite values)"
+    return "solved", note, None

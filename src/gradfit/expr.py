@@ -87,7 +87,7 @@ class ExprError(EquationError):
         caret = " " * (4 + len(lead) + index - start) + "^" * max(1, width)
         return f"{head} (column {self.column})\n{line}\n{caret}"
 
-    def with_label(self, label: str) -> "ExprError":
+    def with_label(self, label: str) -> ExprError:
         """The same error, its message prefixed by where the text came from (e.g. 'equation 2')."""
         return ExprError(
             self.reason, self.source, self.column, self.width, label=label, hint=self.hint
@@ -116,20 +116,20 @@ class _Const:
 @dataclass(frozen=True)
 class _Unary:
     op: str  # "-" or "+"
-    operand: "_Node"
+    operand: _Node
 
 
 @dataclass(frozen=True)
 class _Binary:
     op: str  # "+", "-", "*", "/", "**"
-    left: "_Node"
-    right: "_Node"
+    left: _Node
+    right: _Node
 
 
 @dataclass(frozen=True)
 class _Call:
     func: str
-    arg: "_Node"
+    arg: _Node
 
 
 _Node = Union[_Num, _Name, _Const, _Unary, _Binary, _Call]
@@ -185,7 +185,7 @@ def _to_text(node: _Node) -> str:
 # --------------------------------------------------------------------------- evaluation
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _torch_ops() -> tuple[dict[str, Callable], dict[str, Callable]]:
     import operator
 
@@ -334,7 +334,7 @@ class Expr:
         """The identifier when the whole expression is one name (e.g. a formula's target)."""
         return self.node.id if isinstance(self.node, _Name) else None
 
-    def to_torch(self, env: Mapping[str, "torch.Tensor | float"]) -> "torch.Tensor":
+    def to_torch(self, env: Mapping[str, torch.Tensor | float]) -> torch.Tensor:
         """Evaluate elementwise; tensors broadcast, and the result takes their dtype and device.
 
         env maps every name in ``names`` to a tensor (or a number). Numbers in the
@@ -381,7 +381,7 @@ class Equation:
         """Identifiers of both sides, in order of first appearance."""
         return tuple(dict.fromkeys(self.left.names + self.right.names))
 
-    def residual(self, env: Mapping[str, "torch.Tensor | float"]) -> "torch.Tensor":
+    def residual(self, env: Mapping[str, torch.Tensor | float]) -> torch.Tensor:
         """LEFT - RIGHT, evaluated as ``Expr.to_torch`` does."""
         return self.left.to_torch(env) - self.right.to_torch(env)
 
@@ -528,7 +528,9 @@ class _Converter:
             at = gap.find(symbol)
             if at < 0:  # pragma: no cover - the symbol is always in the gap
                 self.fail(f"the operator '{symbol}' is not allowed", node, hint=hint)
-            self.fail_at(f"the operator '{symbol}' is not allowed", gap_start + at, len(symbol), hint)
+            self.fail_at(
+                f"the operator '{symbol}' is not allowed", gap_start + at, len(symbol), hint
+            )
         return _Binary(op, self.convert(node.left, depth + 1), self.convert(node.right, depth + 1))
 
     def call(self, node: ast.Call, depth: int) -> _Call:
@@ -588,7 +590,9 @@ def _parse_part(source: str, start: int, end: int, what: str) -> Expr:
         hint = None
         if "decimal literal" in (err.msg or ""):
             hint = "write multiplication explicitly, e.g. 2*x"
-        raise ExprError(f"syntax error: {err.msg}", source, offset + column, width, hint=hint) from None
+        raise ExprError(
+            f"syntax error: {err.msg}", source, offset + column, width, hint=hint
+        ) from None
     except (ValueError, RecursionError, MemoryError) as err:
         raise ExprError(f"cannot parse the {what}: {err}", source) from None
     converter = _Converter(source, offset, stripped)
@@ -625,9 +629,7 @@ def parse_equation(text: str) -> Equation:
         raise ExprError("an equation has exactly one '='; this is another", text, second + 1)
     at = positions[0]
     if at > 0 and text[at - 1] in "<>!":
-        raise ExprError(
-            "comparisons are not allowed; an equation has a single '='", text, at, 2
-        )
+        raise ExprError("comparisons are not allowed; an equation has a single '='", text, at, 2)
     left = _parse_part(text, 0, at, "left side")
     right = _parse_part(text, at + 1, len(text), "right side")
     return Equation(left, right, text)

@@ -12,6 +12,8 @@ __all__ = [
     "load_config",
     "train",
     "load_model",
+    "evaluate_model",
+    "predict_file",
     "solve_equations",
 ]
 
@@ -35,6 +37,20 @@ def load_model(path):
     from gradfit.checkpoint import load_model as _load
 
     return _load(path)
+
+
+def evaluate_model(checkpoint, data=None):
+    """Metrics of a saved model on a data file or its held-out rows; see gradfit.evaluate.evaluate."""
+    from gradfit.evaluate import evaluate as _evaluate
+
+    return _evaluate(checkpoint, data)
+
+
+def predict_file(checkpoint, data, out=None, columns=None):
+    """Predict every row of a data file; see gradfit.evaluate.predict_file."""
+    from gradfit.evaluate import predict_file as _predict
+
+    return _predict(checkpoint, data, out=out, columns=columns)
 
 
 def solve_equations(equations, **kwargs):

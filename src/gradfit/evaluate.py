@@ -65,9 +65,10 @@ def model_loss(lm: LoadedModel):
 def evaluate(checkpoint: ModelLike, data: str | Path | None = None) -> Evaluation:
     """Metrics on ``data`` (key ``data``), or on the held-out rows of the training data (``val``, ``test``)."""
     lm = _model(checkpoint)
-    if data is not None:
-        return _evaluate_file(lm, Path(data))
-    return _evaluate_held_out(lm)
+    ev = _evaluate_file(lm, Path(data)) if data is not None else _evaluate_held_out(lm)
+    if lm.checkpoint.extra.get("in_progress"):
+        ev.notes.append(f"this checkpoint was saved while training was in progress (epoch {lm.checkpoint.extra.get('epochs', '?')})")
+    return ev
 
 
 def _evaluate_file(lm: LoadedModel, path: Path) -> Evaluation:

@@ -98,6 +98,10 @@ def prepare(cfg: Config) -> Prepared:
     """Read the data, split it, build the model and the training design, resolve the step size."""
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
+    if cfg.model.kind == "formula":
+        from gradfit.formula import resolve_config
+
+        cfg = resolve_config(cfg)  # target and input columns from the formula, checked against the data
     ds = load_dataset(cfg)
     split = split_rows(ds.n_rows, cfg.data.split.val, cfg.data.split.test, cfg.seed)
     X_tr, y_tr = ds.X[split.train], ds.y[split.train]
@@ -191,6 +195,10 @@ def finish(prep: Prepared, result: TrainResult, run_dir: Optional[Path]) -> RunR
         train_mse = sets["train"]["mse"]
         metrics["exact"] = {"loss": ex["loss"], "gap": (train_mse - ex["loss"]) / var if var > 0 else train_mse - ex["loss"]}
     coefficients = model.coefficients()
+    if cfg.model.kind in ("linear", "polynomial", "formula") and cfg.loss.kind == "mse":
+        from gradfit.uncertainty import uncertainty
+
+        coefficients.update(uncertainty(model, ds.X[split.train], ds.y[split.train]))
     run = RunResult(run_dir, metrics, coefficients, cfg, result, model, list(ds.notes), prep.plan.lr_rule)
     if run_dir is not None:
         write_run(run, prep)
@@ -212,7 +220,9 @@ def write_run(run: RunResult, prep: Prepared) -> None:
         model,
         config=cfg_dict,
         data=data_record(cfg, ds, split),
-        extra={"metrics": {k: run.metrics[k] for k in ("train", "val", "test")}, "epochs": run.result.epochs},
+        extra={"metrics": {k: run.metrics[k] for k in ("train", "val", "test")}, "epochs": run.result.epochs,
+               # the fit's standard errors need the training rows: kept, so the checkpoint alone gives them
+               "uncertainty": {k: run.coefficients[k] for k in ("std_errors", "ci95", "residual_sd", "dof") if k in run.coefficients}},
     )
     from gradfit import plots
 

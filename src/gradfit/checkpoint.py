@@ -245,11 +245,18 @@ def _regression_model(spec: dict):
     return RegressionModel(spec)
 
 
+def _formula_model(spec: dict):
+    from gradfit.formula import model_from_spec
+
+    return model_from_spec(spec)
+
+
 # The one place that maps a spec's kind to the module that rebuilds it (before its weights load).
 MODEL_KINDS = {
     "linear": _regression_model,
     "polynomial": _regression_model,
     "mlp": _regression_model,
+    "formula": _formula_model,
 }
 
 
@@ -310,8 +317,8 @@ class LoadedModel:
         return self.model.predict(np.require(X, np.float64, ["C", "W"])).numpy()
 
     def coefficients(self) -> dict:
-        """The model in readable form, as in coefficients.json."""
-        return self.model.coefficients()
+        """The model in readable form, as in coefficients.json (with the fit's uncertainty, when recorded)."""
+        return {**self.model.coefficients(), **(self.checkpoint.extra.get("uncertainty") or {})}
 
 
 def load_model(path: str | Path) -> LoadedModel:

@@ -133,6 +133,23 @@ class FormulaModel(_Strict):
     formula: str = Field(description="target = expression; data columns are inputs, other names parameters")
     start: dict[str, float] = Field(default_factory=dict, description="starting values (default 1.0)")
 
+    @field_validator("formula")
+    @classmethod
+    def _parse(cls, v):
+        # Parsed (never evaluated) here, so that a formula gradfit refuses stops the run before any
+        # data is read; which names are columns is checked once the data's columns are known.
+        from gradfit.formula import check_formula
+
+        check_formula(v)
+        return v
+
+    @model_validator(mode="after")
+    def _start(self):
+        from gradfit.formula import check_start
+
+        check_start(self.formula, self.start)
+        return self
+
 
 Model = Annotated[Union[LinearModel, PolynomialModel, MLPModel, FormulaModel], Field(discriminator="kind")]
 
@@ -247,6 +264,14 @@ class Config(_Strict):
     def _combinations(self):
         kind = self.model.kind
         opt = self.optimizer
+        if kind == "formula" and self.loss.kind == "mse" and "kind" not in opt.model_fields_set:
+            # Formula models with mse loss default to Levenberg-Marquardt (docs/formula.md).
+            opt = self.optimizer = opt.model_copy(update={"kind": "lm"})
+        if opt.kind == "lm" and (opt.lr != "auto" or opt.weight_decay):
+            raise ValueError(
+                "optimizer 'lm' (Levenberg-Marquardt) takes no learning rate or weight_decay: its damping "
+                "adapts itself; remove optimizer.lr/weight_decay, or set optimizer.kind: adam to use them"
+            )
         if opt.kind == "lm" and (kind != "formula" or self.loss.kind != "mse"):
             raise ValueError(
                 "optimizer 'lm' (Levenberg-Marquardt) fits formula models with mse loss only; "

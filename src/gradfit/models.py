@@ -428,6 +428,10 @@ def _nonzero(t: torch.Tensor) -> torch.Tensor:
 
 def build_model(cfg, feature_names, target, X_train, y_train, device, generator=None) -> RegressionModel:
     """A model for this config, its scaling fitted on the training rows, on ``device``."""
+    if cfg.model.kind == "formula":  # raw units, no scaling (gradfit.formula)
+        from gradfit.formula import build_formula_model
+
+        return build_formula_model(cfg, feature_names, target, X_train, y_train, device)
     model = RegressionModel(model_spec(cfg, feature_names, target), generator=generator)
     fit_scaling(model, X_train, y_train)
     model.head.to(device)

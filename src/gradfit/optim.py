@@ -95,4 +95,9 @@ def make_optimizer(cfg, params, lr: float, device: torch.device):
             tolerance_change=0.0,
             line_search_fn="strong_wolfe",
         )
+    if oc.kind == "lm":
+        # Levenberg-Marquardt on the residuals (gradfit.lm); the loop calls its iterate().
+        from gradfit.lm import LevenbergMarquardt
+
+        return LevenbergMarquardt(params)
     raise ConfigError(f"optimizer.kind: {oc.kind!r} is not available for a {cfg.model.kind} model")

@@ -101,6 +101,12 @@ def fit(
             # L-BFGS reports the loss before its step; evaluate where it ended.
             with torch.no_grad():
                 loss_t = loss_fn(head(data.Z), data.y)
+        elif kind == "lm":
+            # One Levenberg-Marquardt iteration on the residuals (gradfit.lm); its gradient feeds
+            # the tolerance rule as L-BFGS's does.
+            grad_max = optimizer.iterate(head, data.Z, data.y)
+            with torch.no_grad():
+                loss_t = loss_fn(head(data.Z), data.y)
         elif full_batch:
             loss_t = closure().detach()
             optimizer.step()

@@ -117,7 +117,9 @@ def render_summary(console, run) -> None:
     reason = m["stop_reason"].replace("_", " ")
     console.print(
         f"[bold]{run.config.name}[/]: {run.config.model.kind} model, {run.config.loss.kind} loss, "
-        f"{run.config.optimizer.kind} (lr {fmt(m['lr'], 4)}) on {m['device']}"
+        f"{run.config.optimizer.kind}"
+        + ("" if run.config.optimizer.kind == "lm" else f" (lr {fmt(m['lr'], 4)})")  # lm: no learning rate
+        + f" on {m['device']}"
     )
     console.print(f"stopped after {m['epochs']} epochs ({reason}) in {m['seconds']:.2f} s")
     console.print(metrics_table(m))
@@ -128,4 +130,26 @@ def render_summary(console, run) -> None:
         console.print(f"[bold]{eq}[/]", soft_wrap=True)
     elif run.coefficients.get("model") == "mlp":
         console.print(f"MLP with {run.coefficients['parameters']} parameters")
+    elif run.coefficients.get("model") == "formula":
+        console.print(f"[bold]{run.coefficients['formula']}[/]", soft_wrap=True)
+    if "std_errors" in run.coefficients or run.coefficients.get("model") == "formula":
+        console.print(coefficient_table(run.coefficients))
     console.print(f"run directory: {run.run_dir}", soft_wrap=True)
+
+
+def coefficient_table(c: dict):
+    """Each coefficient (or formula parameter) with its standard error and 95% interval, when known."""
+    from rich.table import Table
+
+    values = dict(c["parameters"]) if c.get("model") == "formula" else {
+        **({"intercept": c["intercept"]} if "intercept" in c else {}), **c["coefficients"]}
+    se, ci = c.get("std_errors", {}), c.get("ci95", {})
+    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+    for col in ("coefficient", "value", "std error", "95% interval"):
+        table.add_column(col, justify="left" if col == "coefficient" else "right")
+    for k, v in values.items():
+        interval = f"[{fmt(ci[k][0])}, {fmt(ci[k][1])}]" if k in ci else "-"
+        table.add_row(k, fmt(v, 10), fmt(se.get(k), 5), interval)
+    if "residual_sd" in c:
+        table.caption = f"residual sd {fmt(c['residual_sd'])} on {c['dof']} degrees of freedom"
+    return table

@@ -1,0 +1,165 @@
+"""Levenberg-Marquardt for nonlinear least squares, its Jacobian from autograd.
+
+Minimizes 0.5 * ||r(theta)||^2 with r = head(Z) - y. Each iteration (one training
+"epoch") computes the Jacobian J = dr/dtheta with forward-mode autograd
+(``torch.func.jacfwd``: one pass per parameter, memory n x p; reverse mode would
+need one pass per row), then tries damped Gauss-Newton steps
+
+    minimize ||J delta + r||^2 + mu * ||D delta||^2
+
+solved as a least-squares problem by QR (never the normal equations, which square
+the condition number), with D^2 the largest diag(J^T J) seen so far (Marquardt's
+scaling, as in MINPACK: invariant to the parameters' units). A step is accepted
+when it lowers the sum of squares; the damping follows Nielsen's rule
+(mu *= max(1/3, 1 - (2 rho - 1)^3) on success, mu *= nu, nu *= 2 on failure),
+rho being the actual over the predicted decrease. Everything is float64
+whatever the run's dtype; the result is written back in the parameters' dtype.
+
+The state (mu, nu, D) lives in the optimizer's ``state_dict``, so runs resume.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from gradfit.errors import TrainingError
+
+MU_START = 1e-3  # initial damping, relative to D^2
+MAX_TRIALS = 60  # damped steps tried per iteration before giving up on it
+MU_MAX = 1e40
+
+
+class LevenbergMarquardt(torch.optim.Optimizer):
+    """LM on the residuals of a head; call ``iterate(head, Z, y)`` once per epoch (not ``step``)."""
+
+    def __init__(self, params, mu: float = MU_START):
+        super().__init__(params, dict(mu_start=mu))
+        self._cache = None  # (theta, r, J) at the current point, to reuse in the next iteration
+        self.iterations = 0
+
+    def step(self, closure=None):  # pragma: no cover - the loop calls iterate()
+        raise RuntimeError("LevenbergMarquardt works on residuals: call iterate(head, Z, y)")
+
+    # ------------------------------------------------------------ helpers
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def _residual_fn(self, head, Z, y):
+        names = {id(p): n for n, p in head.named_parameters()}
+        params = self._params()
+        keys = [names[id(p)] for p in params]
+        shapes = [p.shape for p in params]
+        sizes = [p.numel() for p in params]
+        Z64, y64 = Z.to(torch.float64), y.to(torch.float64)
+
+        def residuals(theta: torch.Tensor) -> torch.Tensor:
+            parts = torch.split(theta, sizes)
+            values = {k: t.reshape(s) for k, t, s in zip(keys, parts, shapes)}
+            return torch.func.functional_call(head, values, (Z64,)) - y64
+
+        return residuals
+
+    def _theta(self) -> torch.Tensor:
+        return torch.cat([p.detach().reshape(-1).to(torch.float64) for p in self._params()])
+
+    def _write(self, theta: torch.Tensor) -> None:
+        with torch.no_grad():
+            offset = 0
+            for p in self._params():
+                k = p.numel()
+                p.copy_(theta[offset : offset + k].reshape(p.shape).to(p.dtype))
+                offset += k
+
+    def _state(self) -> dict:
+        first = self._params()[0]
+        st = self.state[first]
+        if "mu" not in st:
+            st["mu"] = torch.tensor(self.defaults["mu_start"], dtype=torch.float64)
+            st["nu"] = torch.tensor(2.0, dtype=torch.float64)
+            st["diag"] = torch.zeros(self._theta().numel(), dtype=torch.float64)
+        return st
+
+    def _evaluate(self, residuals, theta, head, what: str):
+        """(r, J) at theta; a non-finite Jacobian is an error that names the parameters."""
+        r = residuals(theta)
+        J = torch.func.jacfwd(residuals)(theta)  # (n, p)
+        if not bool(torch.isfinite(J).all()):
+            bad = (~torch.isfinite(J)).any(0).nonzero().reshape(-1).tolist()
+            names = getattr(head, "parameters_names", None) or [f"parameter {i}" for i in range(theta.numel())]
+            point = ", ".join(f"{n}={v:.6g}" for n, v in zip(names, theta.tolist()))
+            raise TrainingError(
+                f"the formula's derivative with respect to {', '.join(names[i] for i in bad)} is not finite "
+                f"{what} ({point})",
+                hint="start elsewhere (model.start), away from points where the formula has no derivative "
+                "(sqrt or abs at 0, log at 0, a power of 0)",
+            )
+        return r, J
+
+    # ------------------------------------------------------------ one iteration
+
+    def iterate(self, head, Z: torch.Tensor, y: torch.Tensor) -> float:
+        """One LM iteration: an accepted step when one lowers the sum of squares. Returns max |J^T r| after it."""
+        residuals = self._residual_fn(head, Z, y)
+        st = self._state()
+        theta = self._theta()
+        cache = self._cache
+        if cache is not None and cache[0].shape == theta.shape and torch.equal(cache[0], theta):
+            r, J = cache[1], cache[2]
+        else:
+            where = "at the start point" if self.iterations == 0 else f"at iteration {self.iterations}"
+            r = residuals(theta)
+            if not bool(torch.isfinite(r).all()):
+                raise TrainingError(
+                    f"the formula is not finite {where}",
+                    hint="give model.start values where the formula is finite on every row",
+                )
+            r, J = self._evaluate(residuals, theta, head, where)
+        self.iterations += 1
+        F = 0.5 * float(r @ r)
+        g = J.T @ r  # (p,)
+        st["diag"] = torch.maximum(st["diag"], (J * J).sum(0))
+        d2 = torch.where(st["diag"] > 0, st["diag"], torch.ones_like(st["diag"]))
+        mu, nu = float(st["mu"]), float(st["nu"])
+        p = theta.numel()
+        zeros = torch.zeros(p, dtype=torch.float64)
+        accepted = False
+        for _ in range(MAX_TRIALS):
+            A = torch.cat([J, torch.diag(torch.sqrt(mu * d2))])  # (n + p, p)
+            b = torch.cat([-r, zeros])
+            delta = _lstsq(A, b)
+            if not bool(torch.isfinite(delta).all()):
+                mu, nu = min(mu * nu, MU_MAX), nu * 2
+                continue
+            if float(delta.abs().max()) <= 4 * torch.finfo(torch.float64).eps * float(theta.abs().max() + 1e-300):
+                break  # the step no longer changes theta: converged (or stuck) here
+            trial = theta + delta
+            r_new = residuals(trial)
+            F_new = 0.5 * float(r_new @ r_new)
+            predicted = 0.5 * float(delta @ (mu * d2 * delta - g))
+            actual = F - F_new
+            if math.isfinite(F_new) and actual > 0 and predicted > 0:
+                rho = actual / predicted
+                mu = mu * max(1 / 3, 1 - (2 * rho - 1) ** 3)
+                nu = 2.0
+                theta, accepted = trial, True
+                break
+            mu, nu = min(mu * nu, MU_MAX), nu * 2
+            if mu >= MU_MAX:
+                break
+        st["mu"].fill_(mu)
+        st["nu"].fill_(nu)
+        if accepted:
+            self._write(theta)
+            theta = self._theta()  # as stored (the run's dtype)
+            r, J = self._evaluate(residuals, theta, head, f"after iteration {self.iterations}")
+        self._cache = (theta, r, J)
+        return float((J.T @ r).abs().max())
+
+
+def _lstsq(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """min ||A x - b|| by Householder QR (A has full column rank: its damping rows see to it)."""
+    Q, R = torch.linalg.qr(A)
+    return torch.linalg.solve_triangular(R, (Q.T @ b)[:, None], upper=True).reshape(-1)

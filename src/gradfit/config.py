@@ -436,8 +436,12 @@ def _format_errors(exc: ValidationError, raw: dict, source: str) -> ConfigError:
         # Drop discriminator tags pydantic inserts into the location ('model', 'polynomial', 'degree').
         path: list = []
         node: Any = raw
+        tagged: set = set()  # the tag comes once, right after its field; 'formula' is a kind and a key
         for part in loc:
-            if isinstance(node, dict) and part not in node and isinstance(node.get("kind"), str) and part == node.get("kind"):
+            if isinstance(node, dict) and isinstance(node.get("kind"), str) and part == node.get("kind") and (
+                part not in node or id(node) not in tagged
+            ):
+                tagged.add(id(node))
                 continue
             if isinstance(part, str) and part.startswith("function-"):
                 continue

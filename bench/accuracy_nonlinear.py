@@ -36,7 +36,7 @@ BENCH = Path(__file__).resolve().parent
 NIST_DIR = BENCH.parent / "data" / "nist"
 sys.path.insert(0, str(BENCH))
 
-import accuracy as linear  # noqa: E402  (the linear table: its datasets, plain configs and LRE)
+import accuracy as linear
 
 NONLINEAR = ["Misra1a", "Chwirut2", "Chwirut1", "Lanczos3", "Gauss1", "DanWood", "Misra1b"]
 lre = linear.lre

@@ -70,7 +70,6 @@ def test_planted_parameters_match_scipy_curve_fit(decay_csv):
     assert list(p) == ["a", "k", "c"]
     assert p["a"] == pytest.approx(5, rel=0.01) and p["k"] == pytest.approx(0.7, rel=0.01)
     # the same rows scipy sees: the training split
-    ds_rows = run.model.predict  # noqa: F841 (the model predicts in raw units)
     data = np.loadtxt(decay_csv, delimiter=",", skiprows=1)
     from gradfit.data import split_rows
 
@@ -122,6 +121,7 @@ def test_lm_jacobian_is_the_finite_difference_one(decay_csv):
     run = train(config_from_dict(decay_config(decay_csv, train={"epochs": 1})), write=False)
     X = run.model.design(torch.linspace(0, 6, 9)[:, None]).double()
     pred, J = formula_jacobian(run.model, X)
+    assert torch.equal(pred, run.model.head.evaluate(X, run.model.head.theta.detach().double()))
     theta = run.model.head.theta.detach().double()
     h = 1e-6
     for j in range(3):

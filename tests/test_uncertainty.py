@@ -131,6 +131,7 @@ def test_quadratic_closed_form(tmp_path, standardize):
     c = train(config_from_dict(cfg), write=False).coefficients
     beta, rss, inv = _exact_least_squares([[Fraction(1), x, x * x] for x in xs], ys)
     s2 = rss / (len(xs) - 3)
+    assert [c["intercept"], c["coefficients"]["x"], c["coefficients"]["x^2"]] == pytest.approx([float(b) for b in beta], rel=1e-7)
     for key, d in zip(["intercept", "x", "x^2"], inv):
         assert c["std_errors"][key] == pytest.approx(math.sqrt(s2 * d), rel=1e-9 if standardize else 1e-6)
 

@@ -17,14 +17,18 @@ named by ``spec["parameters"]``; the formula itself travels in ``spec["formula"]
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import nn
 
-from gradfit.errors import CheckpointError, ConfigError, DataError, EquationError, TrainingError
+from gradfit.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    EquationError,
+    TrainingError,
+)
 from gradfit.expr import Equation, parse_equation
 
 DEFAULT_START = 1.0
@@ -87,7 +91,7 @@ def check_start(text: str, start: dict) -> None:
             )
 
 
-def resolve_config(cfg, columns: Optional[list[str]] = None):
+def resolve_config(cfg, columns: list[str] | None = None):
     """The config with data.target and data.features set from the formula and the data's columns.
 
     Names on the right side that are columns are inputs; the others are parameters. Raises
@@ -185,7 +189,7 @@ class FormulaHead(nn.Module):
 class FormulaModel(nn.Module):
     """Raw inputs in, the formula's value out (the same interface as ``RegressionModel``)."""
 
-    def __init__(self, spec: dict, generator: Optional[torch.Generator] = None):
+    def __init__(self, spec: dict, generator: torch.Generator | None = None):
         super().__init__()
         from gradfit.models import DTYPES
 
@@ -312,7 +316,3 @@ def check_finite_start(model: FormulaModel, X: torch.Tensor) -> None:
             hint="give model.start values where the formula is finite on every row (unset parameters start at "
             f"{DEFAULT_START:g})",
         )
-
-
-def _finite(v: float) -> bool:
-    return math.isfinite(v)

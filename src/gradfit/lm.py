@@ -35,7 +35,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
     """LM on the residuals of a head; call ``iterate(head, Z, y)`` once per epoch (not ``step``)."""
 
     def __init__(self, params, mu: float = MU_START):
-        super().__init__(params, dict(mu_start=mu))
+        super().__init__(params, {"mu_start": mu})
         self._cache = None  # (theta, r, J) at the current point, to reuse in the next iteration
         self.iterations = 0
 

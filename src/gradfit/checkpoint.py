@@ -120,7 +120,7 @@ def check_layout(p: Path) -> dict:
                 "can run any code, so gradfit never does",
                 hint="train with 'gradfit train', which writes a safe model.safetensors",
             )
-        if head[:1] == b"\x80":
+        if head[:1] == b"\x80" and head[8:9] != b"{":  # (a header length whose low byte is 0x80 starts with it too)
             raise _refuse(
                 p,
                 "it is a Python pickle (.pkl/.pt); loading a pickle can run any code, so gradfit never does",

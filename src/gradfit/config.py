@@ -90,6 +90,9 @@ class DataConfig(_Strict):
     split: Split = Split()
     standardize: bool = True
     dropna: bool = Field(False, description="drop rows with missing values instead of refusing them")
+    streaming: bool = Field(
+        False, description="read a Parquet file or directory in row-group batches each epoch instead of into memory"
+    )
 
     @model_validator(mode="after")
     def _source(self):
@@ -97,6 +100,11 @@ class DataConfig(_Strict):
             raise ValueError("give exactly one of data.path (a .csv or .parquet file) or data.synthetic")
         if self.path is not None and not self.path.lower().endswith((".csv", ".parquet", ".pq")):
             raise ValueError(f"data.path must end in .csv or .parquet, got {self.path!r}")
+        if self.streaming and (self.path is None or not self.path.lower().rstrip("/").endswith((".parquet", ".pq"))):
+            raise ValueError(
+                "streaming reads Parquet files only (a .parquet file, or a directory of them named *.parquet), "
+                f"not {self.path or 'synthetic data'!r}; convert the data to Parquet or set data.streaming: false"
+            )
         if self.features is not None:
             if len(self.features) == 0:
                 raise ValueError("features is empty; list at least one column or leave it out")
@@ -281,6 +289,14 @@ class Config(_Strict):
             raise ValueError(f"optimizer {opt.kind!r} needs full batches; set train.batch_size: null")
         if self.train.early_stopping is not None and self.data.split.val == 0:
             raise ValueError("train.early_stopping needs a validation split; set data.split.val > 0")
+        if self.data.streaming:
+            if opt.kind in ("lbfgs", "lm") or kind == "formula":
+                what = f"optimizer {opt.kind!r}" if opt.kind in ("lbfgs", "lm") else "formula models"
+                raise ValueError(f"data.streaming does not support {what}; use optimizer adam, adamw or sgd "
+                                 "on a linear, polynomial or mlp model, or set data.streaming: false")
+            if opt.kind == "sgd" and opt.lr == "auto":
+                raise ValueError("optimizer.lr: 'auto' for sgd needs the data in memory; with data.streaming "
+                                 "give optimizer.lr a number (e.g. 0.01) or use optimizer.kind: adam")
         return self
 
     # Where the config was read from: relative data paths resolve against it.

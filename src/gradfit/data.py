@@ -138,7 +138,7 @@ def read_frame(path: Path, columns: list[str]):
         raise DataError(f"{path}: cannot read it: {exc}") from None
 
 
-def frame_to_arrays(frame, feature_names: list[str], target: Optional[str], source, dropna: bool):
+def frame_to_arrays(frame, feature_names: list[str], target: Optional[str], source, dropna: bool, first_row: Optional[int] = None):
     """Check a DataFrame's columns (numeric, finite, no missing values) and return float64 arrays.
 
     Returns (X, y or None, notes). Row numbers in messages count the header as line 1.
@@ -147,7 +147,8 @@ def frame_to_arrays(frame, feature_names: list[str], target: Optional[str], sour
 
     notes: list[str] = []
     cols = feature_names + ([target] if target is not None else [])
-    first_data_line = 2 if str(source).lower().endswith(".csv") else 1
+    # first_row: the file line of the frame's first row when it is a slice (one rank's share).
+    first_data_line = first_row if first_row is not None else (2 if str(source).lower().endswith(".csv") else 1)
     for c in cols:
         s = frame[c]
         if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):

@@ -378,38 +378,66 @@ def model_spec(cfg, feature_names: list[str], target: str) -> dict:
     return spec
 
 
+class _RowStats:
+    """Column statistics of rows in hand, computed on demand: n, mean, std, min, max, rms."""
+
+    def __init__(self, A: torch.Tensor):
+        self.A = A
+
+    def __getitem__(self, key: str):
+        A = self.A
+        if key == "n":
+            return int(A.shape[0])
+        if key == "mean":
+            return A.mean(0)
+        if key == "std":
+            return A.std(0, unbiased=False)
+        if key == "min":
+            return A.min(0).values
+        if key == "max":
+            return A.max(0).values
+        return A.pow(2).mean(0).sqrt()  # rms
+
+
 @torch.no_grad()
-def fit_scaling(model: RegressionModel, X: torch.Tensor, y: torch.Tensor) -> None:
-    """Set the feature map's and the target's statistics from the training rows (float64)."""
+def fit_scaling(model: RegressionModel, X: torch.Tensor, y: torch.Tensor, summarize=None) -> None:
+    """Set the feature map's and the target's statistics from the training rows (float64).
+
+    ``summarize(fn) -> (stats of fn(X), stats of y)`` supplies statistics over rows not all in
+    hand (several processes, streamed data: see distributed.py); default: these rows.
+    """
     spec = model.spec
     fm = model.features
     names = spec["features"]
     if not spec["standardize"]:
         return
+    if summarize is None:
+        summarize = lambda fn: (_RowStats(fn(X)), _RowStats(y))  # noqa: E731
+    xs, ys = summarize(lambda A: A)
     if spec["kind"] != "mlp" and not spec["intercept"]:
         # No intercept: scale only, never shift (a shift would add a constant term).
-        rms = X.pow(2).mean(0).sqrt()
+        rms = xs["rms"]
         _check_spread(rms, names)
         fm.scale.copy_(rms)
-        fm.col_scale.copy_(_nonzero(fm.raw_terms(X).pow(2).mean(0).sqrt()))
-        model.y_scale.copy_(_nonzero(y.pow(2).mean().sqrt()))
+        fm.col_scale.copy_(_nonzero(summarize(fm.raw_terms)[0]["rms"]))
+        model.y_scale.copy_(_nonzero(ys["rms"].reshape(())))
         return
     if spec["basis"] == "legendre":
-        lo, hi = X.min(0).values, X.max(0).values
+        lo, hi = xs["min"], xs["max"]
         _check_spread(hi - lo, names)
         fm.shift.copy_((hi + lo) / 2)
         fm.scale.copy_((hi - lo) / 2)
     else:
-        sd = X.std(0, unbiased=False) if X.shape[0] > 1 else torch.ones(X.shape[1], dtype=torch.float64)
+        sd = xs["std"] if xs["n"] > 1 else torch.ones(len(names), dtype=torch.float64)
         _check_spread(sd, names)
-        fm.shift.copy_(X.mean(0))
+        fm.shift.copy_(xs["mean"])
         fm.scale.copy_(sd)
     if spec["kind"] != "mlp":
-        Z = fm.raw_terms(X)
-        fm.col_mean.copy_(Z.mean(0))
-        fm.col_scale.copy_(_nonzero(Z.std(0, unbiased=False)))
-    model.y_shift.copy_(y.mean())
-    model.y_scale.copy_(_nonzero(y.std(unbiased=False)))
+        zs = summarize(fm.raw_terms)[0]
+        fm.col_mean.copy_(zs["mean"])
+        fm.col_scale.copy_(_nonzero(zs["std"]))
+    model.y_shift.copy_(ys["mean"].reshape(()))
+    model.y_scale.copy_(_nonzero(ys["std"].reshape(())))
 
 
 def _check_spread(spread: torch.Tensor, names: list[str]) -> None:
@@ -426,13 +454,13 @@ def _nonzero(t: torch.Tensor) -> torch.Tensor:
     return torch.where(t > 0, t, torch.ones_like(t))
 
 
-def build_model(cfg, feature_names, target, X_train, y_train, device, generator=None) -> RegressionModel:
+def build_model(cfg, feature_names, target, X_train, y_train, device, generator=None, summarize=None) -> RegressionModel:
     """A model for this config, its scaling fitted on the training rows, on ``device``."""
     if cfg.model.kind == "formula":  # raw units, no scaling (gradfit.formula)
         from gradfit.formula import build_formula_model
 
         return build_formula_model(cfg, feature_names, target, X_train, y_train, device)
     model = RegressionModel(model_spec(cfg, feature_names, target), generator=generator)
-    fit_scaling(model, X_train, y_train)
+    fit_scaling(model, X_train, y_train, summarize)
     model.head.to(device)
     return model

@@ -30,8 +30,8 @@ class OptimizerPlan:
     lr_rule: str  # how lr was chosen: "given", "auto: 1.8/L (L=...)", ...
 
 
-def largest_hessian_eigenvalue(Z: torch.Tensor, intercept: bool, loss_kind: str, chunk: int = 1 << 16) -> float:
-    """Largest eigenvalue of the mean-loss Hessian for a linear head on design Z."""
+def largest_hessian_eigenvalue(Z: torch.Tensor, intercept: bool, loss_kind: str, chunk: int = 1 << 16, reduce=None) -> float:
+    """Largest eigenvalue of the mean-loss Hessian for a linear head on design Z (``reduce``: sum over ranks)."""
     m = Z.shape[1] + (1 if intercept else 0)
     G = torch.zeros(m, m, dtype=torch.float64)
     for i in range(0, Z.shape[0], chunk):
@@ -39,13 +39,15 @@ def largest_hessian_eigenvalue(Z: torch.Tensor, intercept: bool, loss_kind: str,
         if intercept:
             A = torch.cat([A, torch.ones(A.shape[0], 1, dtype=torch.float64)], dim=1)
         G += A.T @ A
-    G /= Z.shape[0]
+    G /= Z.shape[0] if reduce is None else 1
+    if reduce is not None:  # several processes: the Hessian of the mean over every rank's rows
+        G = reduce(G) / reduce(Z.shape[0])
     lam = float(torch.linalg.eigvalsh(G)[-1])
     # mean(r^2) has Hessian 2 A^T A / n; huber (0.5 r^2 near zero) at most A^T A / n.
     return 2 * lam if loss_kind == "mse" else lam
 
 
-def plan(cfg, Z_train: torch.Tensor | None) -> OptimizerPlan:
+def plan(cfg, Z_train: torch.Tensor | None, reduce=None) -> OptimizerPlan:
     """Resolve the learning rate of a config (``auto`` or a number)."""
     oc = cfg.optimizer
     kind = oc.kind
@@ -59,7 +61,7 @@ def plan(cfg, Z_train: torch.Tensor | None) -> OptimizerPlan:
                 f"loss, not a {model_kind} model with {cfg.loss.kind} loss",
                 hint="give optimizer.lr a number (e.g. 0.01), or use optimizer.kind: adam",
             )
-        L = largest_hessian_eigenvalue(Z_train, cfg.model.intercept, cfg.loss.kind)
+        L = largest_hessian_eigenvalue(Z_train, cfg.model.intercept, cfg.loss.kind, reduce=reduce)
         return OptimizerPlan(kind, 1.8 / L, f"auto: 1.8/L with L = {L:.6g}")
     if kind in ("adam", "adamw"):
         lr = 0.001 if model_kind == "mlp" else 0.01

@@ -138,14 +138,77 @@ def train(
 ) -> RunResult:
     """Train the experiment and (with ``write``) write its run directory."""
     prep = prepare(cfg)
+    run_dir = make_run_dir(cfg.output.dir, cfg.name, out, force) if write else None
+    fresh = run_dir is not None and not any(run_dir.iterdir())
+    return _train_prepared(prep, run_dir, fresh, None, None, on_epoch, should_stop, on_start)
+
+
+def resume(
+    run_dir: str | Path,
+    overrides=(),
+    *,
+    on_epoch: Optional[Callable[[EpochRecord], None]] = None,
+    should_stop: Optional[Callable[[], bool]] = None,
+    on_start: Optional[Callable[["Prepared"], None]] = None,
+) -> RunResult:
+    """Continue the run in ``run_dir`` from its saved training state (``gradfit train --resume``).
+
+    Only ``train.*`` settings may be overridden (e.g. ``train.epochs=5000``). For a
+    full-batch run, stopping and resuming gives the same weights as never stopping.
+    """
+    from gradfit import resume as rs
+    from gradfit.checkpoint import read_checkpoint
+
+    run_dir = Path(run_dir)
+    cfg, state, history = rs.load_run(run_dir, overrides)
+    prep = prepare(cfg)
+    if (run_dir / CHECKPOINT_NAME).is_file():
+        was = read_checkpoint(run_dir).data.get("source", {}).get("fingerprint")
+        now = prep.ds.source.get("fingerprint")
+        if was is not None and now is not None and was != now:
+            from gradfit.errors import DataError
+
+            raise DataError(
+                f"the data changed since the run in {run_dir} started ({prep.ds.source.get('path', 'synthetic data')})",
+                hint="resuming would continue on other rows; start a new run instead",
+            )
+    return _train_prepared(prep, run_dir, False, state, history, on_epoch, should_stop, on_start)
+
+
+def _train_prepared(prep: Prepared, run_dir, fresh, state, history, on_epoch, should_stop, on_start) -> RunResult:
+    """The loop and the run directory, for a new run or a resumed one (``state`` and ``history``)."""
+    from gradfit import resume as rs
+
+    cfg = prep.cfg
     model, data, loss = prep.model, prep.data, prep.loss
     y_scale = float(model.y_scale)
-    run_dir = make_run_dir(cfg.output.dir, cfg.name, out, force) if write else None
-    created_files_before = set(run_dir.iterdir()) if run_dir is not None else set()
+    records: list[EpochRecord] = list(history or [])
+    saved = []  # epochs saved by train.checkpoint_every
+    final: dict = {}
     try:
         if on_start is not None:
             on_start(prep)
         opt = optim.make_optimizer(cfg, model.head.parameters(), prep.plan.lr, prep.device)
+        gen = generator(cfg.seed, STREAM_BATCH)
+        if state is not None:
+            rs.restore(state, model.head, opt, gen)
+        if run_dir is not None:
+            from gradfit import plots
+
+            plots._pyplot()  # import matplotlib now (it is needed at the end): an interrupt then saves quickly
+
+        def note_epoch(rec: EpochRecord) -> None:
+            records.append(rec)
+            if on_epoch is not None:
+                on_epoch(rec)
+
+        def save_progress(epoch: int) -> None:
+            save_partial_run(prep, run_dir, records, rs.capture(model.head, opt, gen, epoch, cfg.optimizer.kind))
+            saved.append(epoch)
+
+        def keep_state(epoch: int) -> None:
+            final["state"] = rs.capture(model.head, opt, gen, epoch, cfg.optimizer.kind)
+
         result = fit(
             model.head,
             data,
@@ -157,18 +220,56 @@ def train(
             tol=cfg.train.tol,
             loss_scale=y_scale ** loss.unit_power,
             lr=prep.plan.lr,
-            generator=generator(cfg.seed, STREAM_BATCH),
+            generator=gen,
             early_stopping=cfg.train.early_stopping,
-            on_epoch=on_epoch,
+            on_epoch=note_epoch,
             should_stop=should_stop,
+            on_checkpoint=save_progress if run_dir is not None else None,
+            checkpoint_every=cfg.train.checkpoint_every,
+            start_epoch=state.epoch if state is not None else 0,
+            history=history,
+            on_end=keep_state if run_dir is not None else None,
         )
+        if run_dir is not None and "state" in final:
+            rs.save_state(run_dir / rs.RESUME_NAME, final["state"])
         run = finish(prep, result, run_dir)
     except BaseException:
-        # Nothing half-written: a run that failed leaves no directory behind.
-        if run_dir is not None and not created_files_before:
+        # Nothing half-written: a new run that failed before saving anything leaves no directory
+        # behind; one with a periodic checkpoint keeps it, to be resumed.
+        if fresh and not saved:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     return run
+
+
+def save_partial_run(prep: Prepared, run_dir: Path, history: list[EpochRecord], state) -> None:
+    """train.checkpoint_every: config, history so far, checkpoint and training state, each atomic.
+
+    The training state goes last: ``--resume`` trusts its epoch and ignores later history
+    rows, so a crash between two of these writes still leaves a run that resumes.
+    """
+    from gradfit import resume as rs
+
+    cfg, ds, split, model = prep.cfg, prep.ds, prep.split, prep.model
+    cfg_dict = resolved_config_dict(cfg)
+    write_text(run_dir / "config.yaml", dump_yaml_dict(cfg_dict))
+    write_history(run_dir / "history.csv", history)
+    save_checkpoint(
+        run_dir / CHECKPOINT_NAME,
+        model,
+        config=cfg_dict,
+        data=data_record(cfg, ds, split),
+        extra={"epochs": state.epoch, "in_progress": True},
+    )
+    rs.save_state(run_dir / rs.RESUME_NAME, state)
+    # metrics.json says a run is complete; this one is in progress (again, when resumed).
+    (run_dir / "metrics.json").unlink(missing_ok=True)
+
+
+def dump_yaml_dict(d: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(d, sort_keys=False, allow_unicode=True, default_flow_style=None)
 
 
 def finish(prep: Prepared, result: TrainResult, run_dir: Optional[Path]) -> RunResult:

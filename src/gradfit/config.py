@@ -333,24 +333,89 @@ _SafeLoader.add_implicit_resolver(
 )
 
 
+def _construct_mapping(loader, node, deep=False):
+    """A mapping that refuses a key given twice (the second would silently win)."""
+    seen: dict = {}
+    for key_node, _ in node.value:  # the mapping's own keys (before '<<' merges, which may be overridden)
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = (key_node.tag, key_node.value)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None,
+                f"the key {key_node.value!r} is given twice"
+                + (f" (lines {seen[key] + 1} and {key_node.start_mark.line + 1})" if seen[key] != key_node.start_mark.line else ""),
+                key_node.start_mark,
+            )
+        seen[key] = key_node.start_mark.line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_SafeLoader.add_constructor("tag:yaml.org,2002:map", lambda loader, node: _construct_mapping(loader, node))
+
+# YAML aliases share one object; expanded, a few lines can stand for billions of values
+# (the "billion laughs"), or for a value that contains itself. Refuse both.
+MAX_CONFIG_NODES = 100_000
+
+
+def _check_size(obj: Any, source: str) -> None:
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+
+    def size(v: Any, depth: int) -> int:
+        if not isinstance(v, (dict, list)):
+            return 1
+        if id(v) in on_path:
+            raise ConfigError(f"{source}: a YAML alias makes a value contain itself", hint="remove the '*alias' that refers to its own anchor")
+        if id(v) in sizes:
+            return sizes[id(v)]
+        if depth > 100:
+            raise ConfigError(f"{source}: the config is nested more than 100 levels deep")
+        on_path.add(id(v))
+        items = list(v.keys()) + list(v.values()) if isinstance(v, dict) else v
+        n = 1 + sum(size(x, depth + 1) for x in items)
+        on_path.discard(id(v))
+        if n > MAX_CONFIG_NODES:
+            raise ConfigError(
+                f"{source}: the config expands to more than {MAX_CONFIG_NODES:,} values (through YAML aliases?)",
+                hint="a gradfit config is a few dozen keys; write it out without '&anchor'/'*alias' chains",
+            )
+        sizes[id(v)] = n
+        return n
+
+    size(obj, 0)
+
+
 def yaml_load(text: str, source: str) -> Any:
     """Parse YAML safely; errors name the source and the line."""
     try:
-        return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 (a SafeLoader subclass)
+        data = yaml.load(text, Loader=_SafeLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.constructor.ConstructorError as exc:
-        where = f" (line {exc.problem_mark.line + 1})" if exc.problem_mark else ""
-        raise ConfigError(
-            f"{source}{where}: YAML tags that construct objects are not allowed ({exc.problem})",
-            hint="a gradfit config holds plain values only: numbers, strings, lists and mappings",
-        ) from None
+        mark = exc.problem_mark
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = str(exc.problem)
+        if "constructor for the tag" in problem:
+            raise ConfigError(
+                f"{source}:{where}: YAML tags that construct objects are not allowed ({problem})",
+                hint="a gradfit config holds plain values only: numbers, strings, lists and mappings",
+            ) from None
+        hint = "keep one of them" if "given twice" in problem else "a gradfit config holds plain values only: numbers, strings, lists and mappings"
+        raise ConfigError(f"{source}:{where}: {problem}", hint=hint) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(
-            f"{source}:{where}: YAML syntax error: {problem}",
+            f"{source}:{where} YAML syntax error: {problem}",
             hint="check the indentation and the ':' after each key",
         ) from None
+    except RecursionError:
+        raise ConfigError(f"{source}: the YAML is nested too deeply to read") from None
+    except (ValueError, TypeError, OverflowError) as exc:
+        # e.g. an explicit '!!float abc' or '!!int x': the safe constructors raise plain errors.
+        raise ConfigError(f"{source}: a YAML value cannot be read: {exc}", hint="write plain numbers and strings, without '!!' tags") from None
+    _check_size(data, source)
+    return data
 
 
 def _parse_scalar(text: str) -> Any:
@@ -445,6 +510,11 @@ def _suggest(word: str, options) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+def _short_repr(v: Any, n: int = 60) -> str:
+    r = repr(v)
+    return r if len(r) <= n else r[: n - 3] + "..."
+
+
 def _format_errors(exc: ValidationError, raw: dict, source: str) -> ConfigError:
     lines = []
     for err in exc.errors():
@@ -492,8 +562,11 @@ def _format_errors(exc: ValidationError, raw: dict, source: str) -> ConfigError:
             msg = err["msg"]
             if msg.startswith("Value error, "):
                 msg = msg[len("Value error, "):]
+            # pydantic's "Input should be ..." reads better as "must be ...".
+            msg = msg.replace("Input should be", "must be").replace("String should have", "must have")
+            msg = msg.replace("List should have", "must have").replace("Tuple should have", "must have")
             inp = err.get("input")
-            shown = "" if isinstance(inp, (dict, list)) or typ.startswith("value_error") else f" (got {inp!r})"
+            shown = "" if isinstance(inp, (dict, list)) or typ.startswith("value_error") else f" (got {_short_repr(inp)})"
             lines.append(f"{dotted}: {msg}{shown}")
     n = len(lines)
     head = f"{source}: invalid config ({n} problem{'s' if n > 1 else ''})" if n > 1 else f"{source}: invalid config"

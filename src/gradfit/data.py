@@ -91,7 +91,10 @@ def read_columns(path: Path) -> list[str]:
         raise
     except Exception as exc:  # pandas/pyarrow raise many types for unreadable files
         if type(exc).__name__ == "EmptyDataError":
-            raise DataError(f"{path}: the file is empty (no header, no rows)") from None
+            raise DataError(
+                f"{path}: the file is empty (no header, no rows)",
+                hint="a CSV needs a header line with the column names, then one line per row",
+            ) from None
         raise DataError(f"{path}: cannot read it as {'Parquet' if _is_parquet(path) else 'CSV'}: {exc}") from None
 
 
@@ -176,17 +179,25 @@ def frame_to_arrays(frame, feature_names: list[str], target: Optional[str], sour
                 f"the first is column {col!r} at row {row + first_data_line}",
                 hint="fill them in, or set data.dropna: true to drop those rows",
             )
-    arr = sub.to_numpy(dtype=np.float64, copy=False)
-    if not np.isfinite(arr).all():
-        bad = ~np.isfinite(arr)
-        r, ci = np.argwhere(bad)[0]
-        raise DataError(
-            f"{source}: column {cols[ci]!r} holds an infinite value at row {int(r) + first_data_line} "
-            f"({int(bad.sum())} in all)",
-            hint="remove or replace infinite values",
-        )
-    X = np.ascontiguousarray(arr[:, : len(feature_names)])
-    y = np.ascontiguousarray(arr[:, len(feature_names)]) if target is not None else None
+    # Column by column into the final arrays: no (n, k) intermediate copy (a 1 GB CSV's
+    # peak stays near twice its used numbers; see bench/csv_memory.py).
+    d = len(feature_names)
+    X = np.empty((len(sub), d), dtype=np.float64)
+    y = np.empty(len(sub), dtype=np.float64) if target is not None else None
+    for j, c in enumerate(cols):
+        col = sub[c].to_numpy(dtype=np.float64, copy=False)
+        finite = np.isfinite(col)
+        if not finite.all():
+            r = int(np.argmin(finite))
+            raise DataError(
+                f"{source}: column {c!r} holds an infinite value at row {int(frame.index.get_loc(sub.index[r])) + first_data_line} "
+                f"({int(col.size - finite.sum())} in that column)",
+                hint="remove or replace infinite values (or leave the column out of data.features)",
+            )
+        if j < d:
+            X[:, j] = col
+        else:
+            y[:] = col
     return X, y, notes
 
 
@@ -245,7 +256,7 @@ def load_dataset(cfg: Config) -> Dataset:
     feats = select_columns(columns, dc.target, dc.features, path)
     frame = read_frame(path, feats + [dc.target])
     if len(frame) == 0:
-        raise DataError(f"{path}: the file has a header but no rows")
+        raise DataError(f"{path}: the file has a header but no rows", hint="add the data rows below the header")
     X, y, notes = frame_to_arrays(frame, feats, dc.target, path, dc.dropna)
     if len(X) == 0:
         raise DataError(f"{path}: no rows left after dropping missing values")
@@ -269,7 +280,10 @@ def split_rows(n: int, val: float, test: float, seed: int) -> Split:
     if test > 0 and n_test == 0:
         raise DataError(f"data.split.test = {test} of {n} rows leaves the test set empty", hint="use more rows or a larger fraction, or test: 0")
     if n - n_val - n_test < 2:
-        raise DataError(f"the split leaves {n - n_val - n_test} training row(s) of {n}; at least 2 are needed")
+        raise DataError(
+            f"data.split (val {val}, test {test}) leaves {n - n_val - n_test} training row(s) of {n}; at least 2 are needed",
+            hint="lower data.split.val / data.split.test, or use more rows",
+        )
     val_idx = perm[:n_val].sort().values
     test_idx = perm[n_val : n_val + n_test].sort().values
     train_idx = perm[n_val + n_test :].sort().values

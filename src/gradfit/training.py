@@ -70,8 +70,17 @@ def fit(
     on_checkpoint: Optional[Callable[[int], None]] = None,
     checkpoint_every: Optional[int] = None,
     start_epoch: int = 0,
+    history: Optional[list[EpochRecord]] = None,
+    on_end: Optional[Callable[[int], None]] = None,
 ) -> TrainResult:
-    """Train ``head`` on ``data``; stop at ``epochs``, at ``tol``, by early stopping, or when asked."""
+    """Train ``head`` on ``data``; stop at ``epochs``, at ``tol``, by early stopping, or when asked.
+
+    Resuming: ``start_epoch`` epochs are done and ``history`` holds their records; the
+    tolerance rule and the clock continue from them. ``on_end(epoch)`` runs after the
+    last epoch, before early stopping puts the best weights back (to save the state to
+    continue from). ``should_stop`` is also asked between mini-batches, so that an
+    interrupt stops within one batch (that partial epoch is recorded as the last one).
+    """
     n = data.Z.shape[0]
     full_batch = batch_size is None or batch_size >= n
     has_val = data.Z_val is not None and data.Z_val.shape[0] > 0
@@ -86,6 +95,16 @@ def fit(
     since_best = 0
     last_finite: Optional[float] = None
     t0 = time.perf_counter()
+    if history:
+        result.history = list(history)
+        t0 -= history[-1].seconds
+        last_finite = history[-1].train_loss
+        for rec in history[-(window + 1):]:  # replay the tolerance rule over the last epochs
+            if prev_loss is not None and abs(prev_loss - rec.train_loss) <= tol * abs(prev_loss):
+                calm += 1
+            else:
+                calm = 0
+            prev_loss = rec.train_loss
 
     def closure():
         optimizer.zero_grad(set_to_none=True)
@@ -113,6 +132,7 @@ def fit(
         else:
             perm = torch.randperm(n, generator=generator).to(data.Z.device)
             total = torch.zeros((), dtype=data.Z.dtype, device=data.Z.device)
+            seen = 0
             for i in range(0, n, batch_size):
                 idx = perm[i : i + batch_size]
                 optimizer.zero_grad(set_to_none=True)
@@ -120,7 +140,10 @@ def fit(
                 loss.backward()
                 optimizer.step()
                 total += loss.detach() * idx.shape[0]
-            loss_t = total / n
+                seen += idx.shape[0]
+                if should_stop is not None and seen < n and should_stop():
+                    break  # a long epoch must not delay an interrupt
+            loss_t = total / seen
         train_loss = float(loss_t) * loss_scale
         if not math.isfinite(train_loss):
             last = f"{last_finite:.6g}" if last_finite is not None else "none"
@@ -170,8 +193,10 @@ def fit(
             result.stop_reason = "interrupted"
             break
 
+    if on_end is not None and epoch > start_epoch:
+        on_end(epoch)
     if best_state is not None:
         head.load_state_dict(best_state)
-    result.epochs = epoch if result.history else start_epoch
+    result.epochs = epoch  # start_epoch when no epoch ran
     result.seconds = time.perf_counter() - t0
     return result

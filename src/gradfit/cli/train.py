@@ -80,33 +80,109 @@ class Progress:
         return False
 
 
+class StopOnSignal:
+    """SIGINT/SIGTERM during training: the first asks the loop to stop (it saves the run),
+    a second aborts at once. Installed only while training runs; callable as ``should_stop``."""
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self):
+        self.received: Optional[str] = None
+        self._old: dict = {}
+
+    def __call__(self) -> bool:
+        return self.received is not None
+
+    def install(self, *_args) -> None:
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        for name in self.SIGNALS:
+            sig = getattr(signal, name)
+            self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        import signal
+
+        if self.received is not None:
+            self.restore()
+            raise KeyboardInterrupt  # the second signal: abort now
+        self.received = signal.Signals(signum).name
+        stderr_console().print(
+            f"[yellow]{self.received}:[/] stopping after this epoch and saving the run (again to abort)"
+        )
+
+    def restore(self) -> None:
+        import signal
+
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        self._old.clear()
+
+
 @app.command()
 @user_errors
 def train(
-    config: Path = typer.Argument(..., help="YAML experiment file.", show_default=False),
+    config: Optional[Path] = typer.Argument(None, help="YAML experiment file.", show_default=False),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the run here instead of OUTPUT_DIR/NAME."),
     set_: List[str] = typer.Option([], "--set", help="Override a config value: KEY=VALUE (dotted path).", metavar="KEY=VALUE"),
     force: bool = typer.Option(False, "--force", help="Write into an existing non-empty --out directory."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and no summary; only the run directory."),
     json_out: bool = typer.Option(False, "--json", help="Print metrics.json plus the run directory as one JSON object."),
+    resume: Optional[Path] = typer.Option(
+        None, "--resume", help="Continue the run in this directory from its last saved state (with --set train.* only).",
+        metavar="RUN_DIR",
+    ),
 ) -> None:
-    """Train a model from a YAML experiment and write a run directory."""
-    from gradfit.api import train as run_training
-    from gradfit.config import load_config
+    """Train a model from a YAML experiment and write a run directory.
 
-    cfg = load_config(config, set_)
-    with Progress(cfg.train.epochs, quiet or json_out) as progress:
-        run = run_training(cfg, out=out, force=force, on_epoch=progress)
+    Ctrl-C (or SIGTERM) stops after the current epoch, saves the run with
+    stop_reason "interrupted" and exits with code 130; --resume RUN_DIR continues it.
+    """
+    from gradfit import api
+    from gradfit.errors import Interrupted
+
+    if (config is None) == (resume is None):
+        raise typer.BadParameter(
+            "give a CONFIG file to start a run, or --resume RUN_DIR to continue one (not both)", param_hint="CONFIG"
+        )
+    if resume is not None and (out is not None or force):
+        raise typer.BadParameter("--resume continues in the run's own directory; drop --out/--force", param_hint="--resume")
+    stop = StopOnSignal()
+    try:
+        if resume is not None:
+            from gradfit.resume import load_run
+
+            total = load_run(resume, set_)[0].train.epochs
+            with Progress(total, quiet or json_out) as progress:
+                run = api.resume(resume, set_, on_epoch=progress, should_stop=stop, on_start=stop.install)
+        else:
+            from gradfit.config import load_config
+
+            cfg = load_config(config, set_)
+            with Progress(cfg.train.epochs, quiet or json_out) as progress:
+                run = api.train(cfg, out=out, force=force, on_epoch=progress, should_stop=stop, on_start=stop.install)
+    except KeyboardInterrupt:
+        stderr_console().print("[bold red]aborted[/] (a second interrupt); the run directory keeps only what was saved")
+        raise typer.Exit(130) from None
+    finally:
+        stop.restore()
     if json_out:
         from gradfit.runs import to_json
 
         sys.stdout.write(to_json({**run.metrics, "run_dir": str(run.run_dir)}))
-        return
-    console = stdout_console()
-    if quiet:
-        console.print(str(run.run_dir), soft_wrap=True)
-        return
-    render_summary(console, run)
+    elif quiet:
+        stdout_console().print(str(run.run_dir), soft_wrap=True)
+    else:
+        render_summary(stdout_console(), run)
+    if run.metrics["stop_reason"] == "interrupted":
+        raise Interrupted(
+            f"interrupted by {stop.received or 'a stop request'} after {run.metrics['epochs']} epochs; "
+            f"the run is saved in {run.run_dir}",
+            hint=f"continue it with: gradfit train --resume {run.run_dir}",
+        )
 
 
 def render_summary(console, run) -> None:

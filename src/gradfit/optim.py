@@ -19,7 +19,7 @@ from gradfit.errors import ConfigError
 
 
 # One L-BFGS "epoch" is one optimizer.step(): up to this many iterations, each with its line
-# search. (Single-iteration steps lose the curvature pairs across calls in torch's LBFGS.)
+# search (the curvature memory carries over from one step to the next).
 LBFGS_ITERS_PER_EPOCH = 20
 
 
@@ -88,15 +88,11 @@ def make_optimizer(cfg, params, lr: float, device: torch.device):
             kwargs["fused"] = True
         return cls(params, **kwargs)
     if oc.kind == "lbfgs":
-        return torch.optim.LBFGS(
-            params,
-            lr=lr,
-            max_iter=LBFGS_ITERS_PER_EPOCH,
-            history_size=oc.history_size or 100,
-            tolerance_grad=0.0,
-            tolerance_change=0.0,
-            line_search_fn="strong_wolfe",
-        )
+        # gradfit's own L-BFGS: torch's strong-Wolfe search stops at about sqrt(eps) of the
+        # parameters, where the loss can no longer show a decrease (see gradfit.lbfgs).
+        from gradfit.lbfgs import LBFGS
+
+        return LBFGS(params, lr=lr, max_iter=LBFGS_ITERS_PER_EPOCH, history_size=oc.history_size or 100)
     if oc.kind == "lm":
         # Levenberg-Marquardt on the residuals (gradfit.lm); the loop calls its iterate().
         from gradfit.lm import LevenbergMarquardt

@@ -20,6 +20,9 @@ from gradfit.errors import TrainingError
 # How many consecutive epochs the loss must change by at most ``tol`` (relative) to stop.
 TOL_WINDOW = {"lbfgs": 3, "lm": 3}
 DEFAULT_TOL_WINDOW = 10
+# lbfgs: an epoch in which the gradient's largest component fell below this share of its best
+# so far is not calm, whatever the loss did (see the tolerance rule in ``fit``).
+GRAD_PROGRESS = 0.5
 
 
 @dataclass
@@ -94,6 +97,9 @@ def fit(
     best_state = None
     since_best = 0
     last_finite: Optional[float] = None
+    grad_max: Optional[float] = None  # lbfgs: largest gradient component after the epoch
+    best_grad = math.inf
+    loss_floor = 0.0  # lbfgs: changes below 8 ulps of the starting loss are rounding (exact fits)
     t0 = time.perf_counter()
     if history:
         result.history = list(history)
@@ -116,10 +122,13 @@ def fit(
     for epoch in range(start_epoch + 1, epochs + 1):
         head.train()
         if kind == "lbfgs":
-            loss_t = optimizer.step(closure).detach()
-            # L-BFGS reports the loss before its step; evaluate where it ended.
-            with torch.no_grad():
-                loss_t = loss_fn(head(data.Z), data.y)
+            start_loss = float(optimizer.step(closure)) * loss_scale
+            if not loss_floor and math.isfinite(start_loss):
+                loss_floor = 8 * torch.finfo(data.Z.dtype).eps * abs(start_loss)
+            # L-BFGS reports the loss before its step; evaluate where it ended, with the
+            # gradient, which the tolerance rule watches.
+            loss_t = closure().detach()
+            grad_max = max((float(p.grad.abs().max()) for p in head.parameters() if p.grad is not None), default=0.0)
         elif kind == "lm":
             # One Levenberg-Marquardt iteration on the residuals (gradfit.lm); its gradient feeds
             # the tolerance rule as L-BFGS's does.
@@ -180,7 +189,13 @@ def fit(
 
         # Tolerance: the loss changed by at most tol (relative) in each of the last `window` epochs.
         # (A rule on the change, not on the best loss, so that Adam's early oscillations do not stop it.)
-        if prev_loss is not None and abs(prev_loss - train_loss) <= tol * abs(prev_loss):
+        # lbfgs: the loss cannot see parameter changes below about sqrt(eps) of them, the gradient
+        # can; an epoch in which the gradient still shrank (below GRAD_PROGRESS of its best) is
+        # progress, so L-BFGS runs on until the gradient is rounding noise: the dtype's precision.
+        grad_progress = grad_max is not None and grad_max < GRAD_PROGRESS * best_grad
+        if grad_max is not None:
+            best_grad = min(best_grad, grad_max)
+        if prev_loss is not None and not grad_progress and abs(prev_loss - train_loss) <= max(tol * abs(prev_loss), loss_floor):
             calm += 1
         else:
             calm = 0

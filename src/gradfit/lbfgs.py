@@ -1,0 +1,227 @@
+"""L-BFGS that converges to the last digits the dtype allows.
+
+torch's ``LBFGS`` accepts a step only when the loss shows a sufficient decrease (strong
+Wolfe). Near a minimum the decrease a step can bring (about |gradient|^2 / curvature)
+falls below the rounding of the loss (about eps * loss) once the gradient is near
+sqrt(eps): the line search fails, and the parameters stop at roughly half the digits the
+dtype holds. Here the line search also accepts Hager and Zhang's *approximate Wolfe*
+conditions (CG_DESCENT, 2005): the loss did not rise beyond its rounding, and the
+directional derivative shows the decrease the loss can no longer resolve. For a quadratic
+the two are the same test, so the iterates keep converging until the gradient itself is
+rounding noise.
+
+One ``step()`` is up to ``max_iter`` iterations (full batch; the closure returns the loss
+after ``backward()``). ``state["stalled"]`` says the last step found no acceptable move
+along the quasi-Newton direction nor along the steepest descent: the point is stationary
+to the dtype's precision.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+# Strong Wolfe (sufficient decrease, curvature) and the approximate Wolfe bound 2*DELTA - 1.
+C1, C2, DELTA = 1e-4, 0.9, 0.1
+# A rise of the loss below NOISE * |loss| counts as rounding, not as a rise. Rounding in the
+# loss is not a few ulps of the loss: a good fit's residuals are small differences of O(1)
+# numbers, so its loss carries far larger relative noise. Hager and Zhang take 1e-6; here
+# sqrt(eps) of the dtype (1.5e-8 in float64), still well above the noise of such fits.
+def _noise(dtype: torch.dtype) -> float:
+    return math.sqrt(torch.finfo(dtype).eps)
+
+
+class LBFGS:
+    """Full-batch L-BFGS with a strong/approximate-Wolfe line search (see the module docstring).
+
+    The optimizer interface the loop and the resume state use (``param_groups``, ``state``,
+    ``zero_grad``, ``step``, ``state_dict``/``load_state_dict``, laid out as torch's), without
+    subclassing ``torch.optim.Optimizer``, whose constructor imports torch._dynamo (seconds).
+    """
+
+    def __init__(self, params, lr: float = 1.0, max_iter: int = 20, max_eval: int | None = None, history_size: int = 100, max_ls: int = 25):
+        params = list(params)
+        if not params:
+            raise ValueError("LBFGS got an empty parameter list")
+        # max_eval caps the loss evaluations of one step (torch's default: 1.25 per iteration).
+        max_eval = max_eval if max_eval is not None else max_iter * 5 // 4
+        self.defaults = dict(lr=lr, max_iter=max_iter, max_eval=max_eval, history_size=history_size, max_ls=max_ls)
+        self.param_groups = [dict(self.defaults, params=params)]
+        self._params = params
+        self.state: dict = {}  # {first parameter: the global state}, as torch's LBFGS keeps it
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self._params:
+            p.grad = None
+
+    def state_dict(self) -> dict:
+        group = {k: v for k, v in self.param_groups[0].items() if k != "params"}
+        group["params"] = list(range(len(self._params)))
+        state = {0: dict(self.state[self._params[0]])} if self._params[0] in self.state else {}
+        return {"state": state, "param_groups": [group]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        (group,) = state_dict["param_groups"]
+        if len(group["params"]) != len(self._params):
+            raise ValueError("optimizer state does not match the parameters")
+        self.param_groups[0].update({k: v for k, v in group.items() if k != "params"})
+        p0 = self._params[0]
+
+        def move(v):
+            if torch.is_tensor(v):
+                return v.to(device=p0.device, dtype=p0.dtype).clone()
+            if isinstance(v, list):
+                return [move(x) for x in v]
+            return v
+
+        saved = state_dict["state"].get(0, state_dict["state"].get("0"))
+        self.state = {p0: {k: move(v) for k, v in saved.items()}} if saved else {}
+
+    # -------------------------------------------------------------- flat views
+
+    def _flat_grad(self) -> torch.Tensor:
+        return torch.cat([torch.zeros_like(p).reshape(-1) if p.grad is None else p.grad.reshape(-1) for p in self._params])
+
+    def _flat_params(self) -> torch.Tensor:
+        return torch.cat([p.detach().reshape(-1) for p in self._params])
+
+    def _set_params(self, x: torch.Tensor) -> None:
+        offset = 0
+        for p in self._params:
+            n = p.numel()
+            p.copy_(x[offset : offset + n].view_as(p))
+            offset += n
+
+    # -------------------------------------------------------------- the step
+
+    @torch.no_grad()
+    def step(self, closure):  # type: ignore[override]
+        """Up to max_iter L-BFGS iterations; returns the loss at the starting point."""
+        group = self.param_groups[0]
+        closure = torch.enable_grad()(closure)
+        state = self.state.setdefault(self._params[0], {})
+        s_hist: list = state.setdefault("s", [])
+        y_hist: list = state.setdefault("y", [])
+        state.setdefault("n_iter", 0)
+        state.setdefault("func_evals", 0)
+        state["stalled"] = False
+
+        evals = 1
+
+        def evaluate(x: torch.Tensor):
+            nonlocal evals
+            self._set_params(x)
+            f = float(closure().detach())
+            state["func_evals"] += 1
+            evals += 1
+            return f, self._flat_grad()
+
+        def budget() -> int:
+            return min(group["max_ls"], group["max_eval"] - evals)
+
+        x = self._flat_params()
+        f0_loss = closure().detach()
+        state["func_evals"] += 1
+        f, g = float(f0_loss), self._flat_grad()
+        eps = torch.finfo(x.dtype).eps
+        for _ in range(group["max_iter"]):
+            if budget() <= 0:
+                break
+            if not math.isfinite(f) or not bool(g.abs().max() > 0):
+                break  # a non-finite loss is the caller's to report; a zero gradient is a minimum
+            d = self._direction(g, s_hist, y_hist, state)
+            gtd = float(g.dot(d))
+            if not gtd < 0:  # the memory gave no descent direction: forget it
+                s_hist.clear(), y_hist.clear()
+                d, gtd = -g * state.get("h_diag", 1.0), -float(g.dot(g)) * state.get("h_diag", 1.0)
+            if state["n_iter"] == 0:
+                t0 = min(1.0, 1.0 / float(g.abs().sum())) * group["lr"]
+            else:
+                t0 = group["lr"]
+            found = _line_search(lambda t: evaluate(x + t * d), f, g, d, gtd, t0, _noise(x.dtype) * abs(f), budget())
+            if found is None and s_hist and budget() > 0:
+                # Retry once along the steepest descent, without the memory.
+                s_hist.clear(), y_hist.clear()
+                h = state.get("h_diag", 1.0)
+                d, gtd = -g * h, -float(g.dot(g)) * h
+                found = _line_search(lambda t: evaluate(x + t * d), f, g, d, gtd, group["lr"], _noise(x.dtype) * abs(f), budget())
+            if found is None:
+                state["stalled"] = budget() > 0  # not merely out of evaluations
+                break
+            t, f_new, g_new = found
+            s, yv = t * d, g_new - g
+            x = x + s
+            state["n_iter"] += 1
+            sy = float(s.dot(yv))
+            # Keep a pair only with clear positive curvature (relative, so pairs near the minimum count too).
+            if sy > eps * float(s.norm() * yv.norm()) and sy > 0:
+                if len(s_hist) == group["history_size"]:
+                    s_hist.pop(0), y_hist.pop(0)
+                s_hist.append(s), y_hist.append(yv)
+                state["h_diag"] = sy / float(yv.dot(yv))
+            f, g = f_new, g_new
+        # The parameters hold the last accepted point (a line search leaves them at its last trial).
+        self._set_params(x)
+        return f0_loss
+
+    @staticmethod
+    def _direction(g, s_hist, y_hist, state) -> torch.Tensor:
+        """-H g with H the L-BFGS inverse-Hessian estimate (two-loop recursion)."""
+        q = -g
+        alphas = []
+        for s, y in zip(reversed(s_hist), reversed(y_hist)):
+            rho = 1.0 / float(y.dot(s))
+            a = rho * float(s.dot(q))
+            alphas.append((a, rho))
+            q = q - a * y
+        r = q * state.get("h_diag", 1.0)
+        for (s, y), (a, rho) in zip(zip(s_hist, y_hist), reversed(alphas)):
+            b = rho * float(y.dot(r))
+            r = r + (a - b) * s
+        return r
+
+
+def _line_search(phi, f0, g0, d, dphi0, t, eps_f, max_ls):
+    """A step t along d meeting strong or approximate Wolfe: (t, loss, grad) or None.
+
+    Bracketing on the directional derivative, with secant steps (exact for a quadratic)
+    and bisection as the safeguard.
+    """
+    lo_t, lo_dp, lo = 0.0, dphi0, None  # lo: (t, f, g) of the best acceptable-so-far point
+    hi_t, hi_dp = None, None
+    prev_t, prev_dp = 0.0, dphi0
+    for _ in range(max_ls):
+        f, g = phi(t)
+        dp = float(g.dot(d)) if math.isfinite(f) else math.nan
+        if math.isfinite(f) and math.isfinite(dp):
+            strong = f <= f0 + C1 * t * dphi0 and abs(dp) <= -C2 * dphi0
+            approx = f <= f0 + eps_f and C2 * dphi0 <= dp <= (2 * DELTA - 1) * dphi0
+            if strong or approx:
+                return t, f, g
+        if not (math.isfinite(f) and math.isfinite(dp)):
+            hi_t, hi_dp = t, None  # blew up: the minimum is before t
+        elif f > f0 + eps_f:
+            hi_t, hi_dp = t, (dp if dp >= 0 else None)  # overshot: the loss rose beyond rounding
+        elif dp >= 0:
+            hi_t, hi_dp = t, dp
+        else:
+            lo_t, lo_dp, lo = t, dp, (t, f, g)  # still descending, and not above the start
+        if hi_t is None:
+            # Extrapolate: the secant on the derivative, kept within [2t, 10t].
+            sec = t - dp * (t - prev_t) / (dp - prev_dp) if dp > prev_dp else 4 * t
+            prev_t, prev_dp = t, dp
+            t = min(max(sec, 2 * t), 10 * t)
+            continue
+        width = hi_t - lo_t
+        if width <= 0 or width <= 4 * torch.finfo(d.dtype).eps * max(abs(hi_t), 1e-300):
+            break
+        if hi_dp is not None and hi_dp > lo_dp:
+            sec = lo_t - lo_dp * width / (hi_dp - lo_dp)
+            t = sec if lo_t + 0.01 * width <= sec <= hi_t - 0.01 * width else lo_t + width / 2
+        else:
+            t = lo_t + width / 2
+    # Out of trials: keep the best descending point only if it shows a real decrease.
+    if lo is not None and lo[1] <= f0 + C1 * lo[0] * dphi0 and lo[1] < f0:
+        return lo
+    return None

@@ -1,0 +1,149 @@
+"""Certified accuracy on NIST StRD linear least squares (data/nist/), and the L-BFGS behind it.
+
+The plain config (the dataset's model, float64, lbfgs, no validation split, everything else
+default) must reach LRE >= 6 (six correct significant digits against NIST's certified values).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from gradfit.api import train
+from gradfit.config import config_from_dict
+from gradfit.lbfgs import LBFGS
+
+ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("nist_accuracy", ROOT / "bench" / "accuracy.py")
+accuracy = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(accuracy)
+
+EASY = ["Norris", "Pontius", "NoInt1", "NoInt2", "Longley"]
+
+
+def _run(name, dtype="float64", optimizer="lbfgs", overrides=()):
+    cfg = config_from_dict(accuracy.plain_config(name, dtype, optimizer), overrides)
+    run = train(cfg, write=False)
+    return run, accuracy.lre(accuracy.gradfit_params(name, run.coefficients), accuracy.certified(name))
+
+
+def test_lre_scores_correct_digits():
+    assert accuracy.lre([1.0000001], [1.0]) == pytest.approx(7.0, abs=0.01)
+    assert accuracy.lre([2.0, 1.001], [2.0, 1.0]) == pytest.approx(3.0, abs=0.01)  # the worst parameter
+    assert accuracy.lre([1e-9], [0.0]) == pytest.approx(9.0)  # absolute error where certified is 0
+    assert accuracy.lre([5.0], [5.0]) == 15.0
+    assert accuracy.lre([float("nan")], [1.0]) == 0.0
+
+
+@pytest.mark.parametrize("name", EASY)
+def test_easy_nist_sets_certified_digits(name):
+    run, lre = _run(name)
+    assert lre >= 6, f"{name}: LRE {lre:.1f}"
+    m = run.metrics
+    assert abs(m["exact"]["gap"]) < 1e-12
+    assert m["stop_reason"] == "tolerance" and m["converged"] is True
+    assert m["epochs"] < 50
+
+
+def test_no_intercept_model_has_no_intercept():
+    run, _ = _run("NoInt1")
+    assert "intercept" not in run.coefficients
+    assert list(run.coefficients["coefficients"]) == ["x"]
+    # The certified slope, to the digits NIST gives.
+    assert run.coefficients["coefficients"]["x"] == pytest.approx(2.07438016528926, rel=1e-12)
+
+
+def test_running_out_of_epochs_is_reported_as_such():
+    run, _ = _run("Filip", overrides=["train.epochs=1"])
+    assert run.metrics["stop_reason"] == "max_epochs"
+    assert run.metrics["converged"] is False
+    assert run.metrics["epochs"] == 1
+
+
+def test_float32_adam_defaults_finish_with_an_honest_gap():
+    # The defaults (float32, Adam) cannot reach certified digits here; they must still finish.
+    run, lre = _run("Longley", dtype="float32", optimizer="adam")
+    m = run.metrics
+    assert m["stop_reason"] in ("tolerance", "max_epochs")
+    assert math.isfinite(m["exact"]["gap"]) and math.isfinite(m["train"]["mse"])
+    assert m["exact"]["gap"] == pytest.approx((m["train"]["mse"] - m["exact"]["loss"]) / torch.tensor(
+        [float(v) for v in _longley_y()], dtype=torch.float64).var(unbiased=False).item())
+
+
+def _longley_y():
+    lines = (ROOT / "data" / "nist" / "Longley.csv").read_text().splitlines()[1:]
+    return [line.split(",")[0] for line in lines]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(accuracy.DATASETS))
+def test_all_nist_linear_sets_certified_digits(name):
+    run, lre = _run(name)
+    assert lre >= 6, f"{name}: LRE {lre:.1f}"
+    assert abs(run.metrics["exact"]["gap"]) < 1e-12
+    assert run.metrics["stop_reason"] == "tolerance"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(accuracy.DATASETS))
+def test_all_nist_sets_float32_adam_finish(name):
+    run, _ = _run(name, dtype="float32", optimizer="adam")
+    assert run.metrics["stop_reason"] in ("tolerance", "max_epochs")
+    assert math.isfinite(run.metrics["exact"]["gap"])
+
+
+# ---------------------------------------------------------------- the optimizer itself
+
+
+def _minimize(fn, x0, steps=20, **kw):
+    x = torch.nn.Parameter(torch.tensor(x0, dtype=torch.float64))
+    opt = LBFGS([x], **kw)
+
+    def closure():
+        opt.zero_grad()
+        loss = fn(x)
+        loss.backward()
+        return loss
+
+    for _ in range(steps):
+        opt.step(closure)
+    return x.detach(), opt
+
+
+def test_lbfgs_rosenbrock():
+    x, _ = _minimize(lambda p: (1 - p[0]) ** 2 + 100 * (p[1] - p[0] ** 2) ** 2, [-1.2, 1.0])
+    assert torch.allclose(x, torch.ones(2, dtype=torch.float64), atol=1e-10)
+
+
+def test_lbfgs_reaches_full_precision_where_the_loss_cannot_show_it():
+    # Least squares with a large residual: the loss resolves parameters only to ~1e-8;
+    # the approximate-Wolfe search carries them to ~1e-15 of numpy's answer.
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(200, 6, generator=g, dtype=torch.float64) @ torch.diag(torch.tensor([1, 1, 1, 3, 10, 30.0], dtype=torch.float64))
+    b = A @ torch.arange(1, 7, dtype=torch.float64) + 100 * torch.randn(200, generator=g, dtype=torch.float64)
+    ref = torch.linalg.lstsq(A, b[:, None]).solution[:, 0]
+    x, opt = _minimize(lambda w: (A @ w - b).pow(2).mean(), [0.0] * 6, steps=10)
+    assert float((x - ref).abs().max() / ref.abs().max()) < 1e-13
+
+    # torch's strong-Wolfe L-BFGS stops far above that on the same problem.
+    w = torch.nn.Parameter(torch.zeros(6, dtype=torch.float64))
+    topt = torch.optim.LBFGS([w], max_iter=200, tolerance_grad=0, tolerance_change=0, line_search_fn="strong_wolfe")
+
+    def closure():
+        topt.zero_grad()
+        loss = (A @ w - b).pow(2).mean()
+        loss.backward()
+        return loss
+
+    for _ in range(5):
+        topt.step(closure)
+    assert float((w.detach() - ref).abs().max() / ref.abs().max()) > float((x - ref).abs().max() / ref.abs().max())
+
+
+def test_lbfgs_stalls_honestly_at_a_minimum():
+    x, opt = _minimize(lambda p: (p - 3).pow(2).sum(), [0.0, 0.0], steps=3)
+    assert torch.equal(x, torch.full((2,), 3.0, dtype=torch.float64))

@@ -55,6 +55,10 @@ def work(tmp_path, monkeypatch):
     return tmp_path
 
 
+# 'target' is indented one space more than 'path': a YAML syntax error on line 4.
+BAD_INDENT = "name: t\ndata:\n  path: good.csv\n   target: y\nmodel: {kind: linear}\n"
+
+
 def write(path: Path, text: str) -> Path:
     path.write_text(textwrap.dedent(text).lstrip())
     return path
@@ -167,13 +171,7 @@ def test_config_not_text(cli, work):
 
 
 def test_yaml_syntax_error_names_the_line(cli, work):
-    write(work / "bad.yaml", """
-        name: t
-        data:
-          path: good.csv
-           target: y
-        model: {kind: linear}
-    """)
+    (work / "bad.yaml").write_text(BAD_INDENT)
     check_error(cli("train", "bad.yaml"), 1, ["bad.yaml", "line 4", "YAML syntax error", "indentation"])
 
 
@@ -280,13 +278,7 @@ def test_usage_errors_exit_2(cli, work, args, words):
     ids=["missing-config", "yaml-syntax", "non-numeric", "divergence", "usage"],
 )
 def test_subprocess_exit_code_and_no_traceback(work, args, code, words):
-    write(work / "bad.yaml", """
-        name: t
-        data:
-          path: good.csv
-           target: y
-        model: {kind: linear}
-    """)
+    (work / "bad.yaml").write_text(BAD_INDENT)
     proc = run_gradfit(*args, cwd=work, env={"COLUMNS": "200"})
     assert proc.returncode == code, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout

@@ -165,7 +165,10 @@ def train(
             with Progress(cfg.train.epochs, quiet or json_out) as progress:
                 run = api.train(cfg, out=out, force=force, on_epoch=progress, should_stop=stop, on_start=stop.install)
     except KeyboardInterrupt:
-        stderr_console().print("[bold red]aborted[/] (a second interrupt); the run directory keeps only what was saved")
+        if stop.received is None:  # before training began (reading the data): nothing was written
+            stderr_console().print("[bold red]aborted[/] before training started; no run directory was written")
+        else:
+            stderr_console().print("[bold red]aborted[/] (a second interrupt); the run directory keeps only what was saved")
         raise typer.Exit(130) from None
     finally:
         stop.restore()

@@ -217,3 +217,51 @@ def test_training_imports_no_dynamo(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def _csv_files():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "data"
+    return sorted(p for p in root.rglob("*.csv") if p.stat().st_size <= 1 << 20)
+
+
+@pytest.mark.parametrize("path", _csv_files(), ids=lambda p: p.name)
+def test_small_csv_reader_gives_pandas_numbers_bit_for_bit(path):
+    import numpy as np
+    import pandas as pd
+
+    from gradfit import data
+
+    cols = data.read_columns(path)
+    assert cols == [str(c) for c in pd.read_csv(path, nrows=0).columns]
+    fast = data._small_csv_arrays(path, cols[:-1], cols[-1])
+    if fast is None:
+        pytest.skip("not a plain numeric CSV: pandas reads it")
+    X, y, _ = data.frame_to_arrays(data.read_frame(path, cols), cols[:-1], cols[-1], path, False)
+    assert np.array_equal(fast[0], X) and np.array_equal(fast[1], y)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["x,y\n1,2\n,3\n", "x,y\n1,2\nnan,3\n", "x,y\n1,2\ninf,3\n", "x,y\n1,abc\n", "x,x\n1,2\n", "x,y\n1,2,3\n", "x,y\n"],
+)
+def test_small_csv_reader_leaves_anything_unusual_to_pandas(tmp_path, text):
+    from gradfit import data
+
+    p = tmp_path / "d.csv"
+    p.write_text(text)
+    assert data._small_csv_arrays(p, ["x"], "y") is None
+
+
+def test_small_csv_reader_reads_numbers_like_pandas(tmp_path):
+    import numpy as np
+
+    from gradfit import data
+
+    p = tmp_path / "d.csv"
+    p.write_text("\ufeffx,y\r\n1e3,-.5\r\n\r\n+2.25,0.1000000000000000055511151231257827\r\n3,7E-3\r\n", encoding="utf-8")
+    X, y = data._small_csv_arrays(p, ["x"], "y")
+    assert X[:, 0].tolist() == [1000.0, 2.25, 3.0]
+    assert y.tolist() == [-0.5, 0.1, 0.007]
+    assert data.read_columns(p) == ["x", "y"]

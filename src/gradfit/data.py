@@ -6,7 +6,9 @@ the training design in the run's dtype, on the run's device (see models.py).
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -84,6 +86,9 @@ def read_columns(path: Path) -> list[str]:
             import pyarrow.parquet as pq
 
             return list(pq.read_schema(path).names)
+        small = _small_csv(path)
+        if small is not None:
+            return list(small[0])
         import pandas as pd
 
         return [str(c) for c in pd.read_csv(path, nrows=0).columns]
@@ -100,6 +105,49 @@ def read_columns(path: Path) -> list[str]:
 
 def _is_parquet(path: Path) -> bool:
     return path.suffix.lower() in (".parquet", ".pq")
+
+
+# A CSV this small whose cells are all plain decimal numbers is read without pandas (whose
+# import takes longer than the rest of a small run's loading); anything else goes to pandas.
+SMALL_CSV_BYTES = 1 << 20
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d{1,3})?")
+
+
+def _small_csv(path: Path):
+    """(header, rows of str) of a small, clean CSV file (unique non-empty names, no ragged rows), else None."""
+    try:
+        if path.suffix.lower() != ".csv" or path.stat().st_size > SMALL_CSV_BYTES:
+            return None
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = [r for r in csv.reader(f) if r]  # pandas skips blank lines too
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    if not rows:
+        return None
+    header = rows[0]
+    if len(set(header)) != len(header) or not all(header) or any(len(r) != len(header) for r in rows):
+        return None
+    return header, rows[1:]
+
+
+def _small_csv_arrays(path: Path, feature_names: list[str], target: str):
+    """Float64 (X, y) of a small CSV whose used cells are all finite plain numbers, else None (pandas reads it)."""
+    small = _small_csv(path)
+    if small is None or not small[1]:
+        return None
+    header, rows = small
+    idx = [header.index(c) for c in [*feature_names, target]]
+    try:
+        cells = [[r[j] for j in idx] for r in rows]
+        if not all(len(c) <= 40 and _PLAIN_NUMBER.fullmatch(c) for row in cells for c in row):
+            return None
+        arr = np.array(cells, dtype=np.float64)  # correctly rounded, as pandas' parser
+    except (ValueError, IndexError):
+        return None
+    if not np.isfinite(arr).all():
+        return None
+    d = len(feature_names)
+    return np.ascontiguousarray(arr[:, :d]), np.ascontiguousarray(arr[:, d])
 
 
 def select_columns(columns: list[str], target: str, features: Optional[list[str]], path) -> list[str]:
@@ -254,10 +302,14 @@ def load_dataset(cfg: Config) -> Dataset:
     path = cfg.resolved_data_path()
     columns = read_columns(path)
     feats = select_columns(columns, dc.target, dc.features, path)
-    frame = read_frame(path, feats + [dc.target])
-    if len(frame) == 0:
-        raise DataError(f"{path}: the file has a header but no rows", hint="add the data rows below the header")
-    X, y, notes = frame_to_arrays(frame, feats, dc.target, path, dc.dropna)
+    small = _small_csv_arrays(path, feats, dc.target)
+    if small is not None:
+        (X, y), notes = small, []
+    else:
+        frame = read_frame(path, feats + [dc.target])
+        if len(frame) == 0:
+            raise DataError(f"{path}: the file has a header but no rows", hint="add the data rows below the header")
+        X, y, notes = frame_to_arrays(frame, feats, dc.target, path, dc.dropna)
     if len(X) == 0:
         raise DataError(f"{path}: no rows left after dropping missing values")
     return Dataset(

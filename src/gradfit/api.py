@@ -15,6 +15,7 @@ import torch
 
 from gradfit import losses, optim
 from gradfit.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from gradfit.distributed import SINGLE, Dist
 from gradfit.config import Config, dump_yaml
 from gradfit.data import STREAM_BATCH, STREAM_INIT, Dataset, Split, generator, load_dataset, split_rows
 from gradfit.errors import GradfitError, TrainingError
@@ -72,7 +73,7 @@ def data_record(cfg: Config, ds: Dataset, split: Split) -> dict:
         "source": ds.source,
         "features": ds.feature_names,
         "target": ds.target_name,
-        "n_rows": ds.n_rows,
+        "n_rows": getattr(ds, "n_rows_global", ds.n_rows),  # distributed/streamed: all rows, not this rank's
         "split": {"val": cfg.data.split.val, "test": cfg.data.split.test},
         "seed": cfg.seed,
         "dropna": cfg.data.dropna,
@@ -92,6 +93,9 @@ class Prepared:
     loss: losses.Loss
     plan: optim.OptimizerPlan
     load_seconds: float
+    dist: Dist = SINGLE  # several processes under torchrun (distributed.py)
+    rows: Optional[object] = None  # rows not all in ds (other ranks', streamed): metrics over them (distributed.py)
+    stream: Optional[object] = None  # data.streaming: batches read from Parquet each epoch (streaming.py)
 
 
 def prepare(cfg: Config) -> Prepared:
@@ -102,6 +106,11 @@ def prepare(cfg: Config) -> Prepared:
         from gradfit.formula import resolve_config
 
         cfg = resolve_config(cfg)  # target and input columns from the formula, checked against the data
+    from gradfit import distributed
+
+    dist = distributed.setup(device)  # SINGLE without torchrun
+    if dist.enabled or cfg.data.streaming:
+        return distributed.prepare(cfg, dist, device, t0)
     ds = load_dataset(cfg)
     split = split_rows(ds.n_rows, cfg.data.split.val, cfg.data.split.test, cfg.seed)
     X_tr, y_tr = ds.X[split.train], ds.y[split.train]
@@ -138,9 +147,13 @@ def train(
 ) -> RunResult:
     """Train the experiment and (with ``write``) write its run directory."""
     prep = prepare(cfg)
-    run_dir = make_run_dir(cfg.output.dir, cfg.name, out, force) if write else None
-    fresh = run_dir is not None and not any(run_dir.iterdir())
-    return _train_prepared(prep, run_dir, fresh, None, None, on_epoch, should_stop, on_start)
+    try:
+        # Distributed: rank 0 alone writes the run directory (the others agree on its errors).
+        run_dir = prep.dist.agree(lambda: make_run_dir(cfg.output.dir, cfg.name, out, force) if write and prep.dist.is_main else None)
+        fresh = run_dir is not None and not any(run_dir.iterdir())
+        return _train_prepared(prep, run_dir, fresh, None, None, on_epoch, should_stop, on_start)
+    finally:
+        prep.dist.close()
 
 
 def resume(
@@ -210,9 +223,9 @@ def _train_prepared(prep: Prepared, run_dir, fresh, state, history, on_epoch, sh
             final["state"] = rs.capture(model.head, opt, gen, epoch, cfg.optimizer.kind)
 
         result = fit(
-            model.head,
+            prep.dist.wrap(model.head),
             data,
-            loss.scaled(y_scale),
+            prep.dist.wrap_loss(loss.scaled(y_scale)),
             opt,
             kind=cfg.optimizer.kind,
             epochs=cfg.train.epochs,
@@ -223,12 +236,14 @@ def _train_prepared(prep: Prepared, run_dir, fresh, state, history, on_epoch, sh
             generator=gen,
             early_stopping=cfg.train.early_stopping,
             on_epoch=note_epoch,
-            should_stop=should_stop,
+            should_stop=prep.dist.wrap_stop(should_stop),
             on_checkpoint=save_progress if run_dir is not None else None,
             checkpoint_every=cfg.train.checkpoint_every,
             start_epoch=state.epoch if state is not None else 0,
             history=history,
             on_end=keep_state if run_dir is not None else None,
+            dist=prep.dist,
+            stream=prep.stream,
         )
         if run_dir is not None and "state" in final:
             rs.save_state(run_dir / rs.RESUME_NAME, final["state"])
@@ -276,7 +291,7 @@ def finish(prep: Prepared, result: TrainResult, run_dir: Optional[Path]) -> RunR
     """Metrics, exact check, coefficients, and the files of the run directory."""
     cfg, model, ds, split, loss = prep.cfg, prep.model, prep.ds, prep.split, prep.loss
     model.head.eval()
-    sets = evaluate_sets(model, ds, split, loss)
+    sets = evaluate_sets(model, ds, split, loss) if prep.rows is None else prep.rows.evaluate_sets(model, loss)
     metrics = {
         **sets,
         "epochs": result.epochs,
@@ -291,12 +306,12 @@ def finish(prep: Prepared, result: TrainResult, run_dir: Optional[Path]) -> RunR
         metrics["best_epoch"] = result.best_epoch
     if cfg.model.kind in ("linear", "polynomial") and cfg.loss.kind == "mse":
         X_tr, y_tr = ds.X[split.train], ds.y[split.train]
-        ex = exact_least_squares(model, X_tr, y_tr)
-        var = float(y_tr.var(unbiased=False))
+        ex = exact_least_squares(model, X_tr, y_tr) if prep.rows is None else prep.rows.exact(model)
+        var = float(y_tr.var(unbiased=False)) if prep.rows is None else prep.rows.target_variance()
         train_mse = sets["train"]["mse"]
         metrics["exact"] = {"loss": ex["loss"], "gap": (train_mse - ex["loss"]) / var if var > 0 else train_mse - ex["loss"]}
     coefficients = model.coefficients()
-    if cfg.model.kind in ("linear", "polynomial", "formula") and cfg.loss.kind == "mse":
+    if cfg.model.kind in ("linear", "polynomial", "formula") and cfg.loss.kind == "mse" and prep.rows is None:
         from gradfit.uncertainty import uncertainty
 
         coefficients.update(uncertainty(model, ds.X[split.train], ds.y[split.train]))

@@ -75,6 +75,8 @@ def fit(
     start_epoch: int = 0,
     history: Optional[list[EpochRecord]] = None,
     on_end: Optional[Callable[[int], None]] = None,
+    dist=None,
+    stream=None,
 ) -> TrainResult:
     """Train ``head`` on ``data``; stop at ``epochs``, at ``tol``, by early stopping, or when asked.
 
@@ -83,10 +85,18 @@ def fit(
     last epoch, before early stopping puts the best weights back (to save the state to
     continue from). ``should_stop`` is also asked between mini-batches, so that an
     interrupt stops within one batch (that partial epoch is recorded as the last one).
+
+    Several processes (``dist``, see distributed.py): ``head`` is under DDP, ``loss_fn`` gives
+    the global mean, and every rank takes the same number of steps. ``stream`` (streaming.py)
+    reads each epoch's batches from disk instead of ``data``.
     """
+    dist = dist if dist is not None and dist.enabled else None
     n = data.Z.shape[0]
-    full_batch = batch_size is None or batch_size >= n
-    has_val = data.Z_val is not None and data.Z_val.shape[0] > 0
+    n_all = n if dist is None else dist.sum(n)  # rows over all ranks: every rank takes the same branch
+    full_batch = batch_size is None or batch_size >= n_all
+    has_val = data.Z_val is not None and (data.Z_val.shape[0] if dist is None else dist.sum(data.Z_val.shape[0])) > 0
+    if stream is not None:
+        has_val = stream.has_val
     window = TOL_WINDOW.get(kind, DEFAULT_TOL_WINDOW)
     # A tolerance below what the dtype resolves would never be met: floor it at a few ulps.
     tol = max(tol, 8 * torch.finfo(data.Z.dtype).eps)
@@ -121,7 +131,9 @@ def fit(
     epoch = start_epoch
     for epoch in range(start_epoch + 1, epochs + 1):
         head.train()
-        if kind == "lbfgs":
+        if stream is not None:
+            loss_t = stream.train_epoch(head, loss_fn, optimizer, batch_size, generator)
+        elif kind == "lbfgs":
             start_loss = float(optimizer.step(closure)) * loss_scale
             if not loss_floor and math.isfinite(start_loss):
                 loss_floor = 8 * torch.finfo(data.Z.dtype).eps * abs(start_loss)
@@ -142,17 +154,17 @@ def fit(
             perm = torch.randperm(n, generator=generator).to(data.Z.device)
             total = torch.zeros((), dtype=data.Z.dtype, device=data.Z.device)
             seen = 0
-            for i in range(0, n, batch_size):
-                idx = perm[i : i + batch_size]
+            slices = (perm[i : i + batch_size] for i in range(0, n, batch_size)) if dist is None else dist.batches(perm, batch_size, n_all)
+            for idx in slices:
                 optimizer.zero_grad(set_to_none=True)
                 loss = loss_fn(head(data.Z[idx]), data.y[idx])
                 loss.backward()
                 optimizer.step()
                 total += loss.detach() * idx.shape[0]
                 seen += idx.shape[0]
-                if should_stop is not None and seen < n and should_stop():
+                if should_stop is not None and seen < n and dist is None and should_stop():
                     break  # a long epoch must not delay an interrupt
-            loss_t = total / seen
+            loss_t = total / seen if dist is None else dist.sum(total) / dist.sum(seen)
         train_loss = float(loss_t) * loss_scale
         if not math.isfinite(train_loss):
             last = f"{last_finite:.6g}" if last_finite is not None else "none"
@@ -165,7 +177,8 @@ def fit(
         if has_val:
             head.eval()
             with torch.no_grad():
-                val_loss = float(loss_fn(head(data.Z_val), data.y_val)) * loss_scale
+                val = stream.val_loss(head, loss_fn) if stream is not None else loss_fn(head(data.Z_val), data.y_val)
+                val_loss = float(val) * loss_scale
         rec = EpochRecord(epoch, train_loss, val_loss, lr, time.perf_counter() - t0)
         result.history.append(rec)
         if on_epoch is not None:

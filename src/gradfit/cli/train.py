@@ -150,6 +150,8 @@ def train(
         )
     if resume is not None and (out is not None or force):
         raise typer.BadParameter("--resume continues in the run's own directory; drop --out/--force", param_hint="--resume")
+    if _rank() != 0:  # under torchrun: ranks other than 0 train in step with rank 0 and print nothing
+        return _follower(_rank(), config, set_, out, force, resume)
     stop = StopOnSignal()
     try:
         if resume is not None:
@@ -232,3 +234,53 @@ def coefficient_table(c: dict):
     if "residual_sd" in c:
         table.caption = f"residual sd {fmt(c['residual_sd'])} on {c['dof']} degrees of freedom"
     return table
+
+
+def _rank() -> int:
+    """torchrun's RANK (0 without torchrun)."""
+    import os
+
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+class _QuietStop(StopOnSignal):
+    """StopOnSignal for ranks other than 0: rank 0 says what is happening."""
+
+    def _handle(self, signum, frame) -> None:
+        import signal
+
+        if self.received is not None:
+            self.restore()
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+
+def _follower(rank: int, config, set_, out, force, resume) -> None:
+    """A rank other than 0: the same training, no output, rank 0's exit code.
+
+    Errors every rank sees alike (config errors, errors agreed on by distributed.Dist.agree)
+    are reported by rank 0 alone; anything else is printed with this rank's number.
+    """
+    from gradfit import api
+    from gradfit.config import load_config
+    from gradfit.distributed import RankFailed
+    from gradfit.errors import ConfigError, GradfitError, TrainingError
+
+    stop = _QuietStop()
+    try:
+        if resume is not None:
+            raise TrainingError("--resume is not supported under torchrun", hint="resume the run in one process")
+        cfg = load_config(config, set_)
+        run = api.train(cfg, out=out, force=force, should_stop=stop, on_start=stop.install)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except GradfitError as err:
+        if getattr(err, "shared", False) or isinstance(err, ConfigError):
+            raise typer.Exit(err.exit_code) from None
+        if not isinstance(err, RankFailed):
+            err.message = f"rank {rank}: {err.message}"
+        raise
+    finally:
+        stop.restore()
+    if run.metrics["stop_reason"] == "interrupted":
+        raise typer.Exit(130)

@@ -33,6 +33,8 @@ ACTIVATIONS = {
 }
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# Rows per chunk when a large design is built (keeps float64 temporaries small).
+DESIGN_CHUNK_ROWS = 1 << 15
 
 
 # ---------------------------------------------------------------- polynomial terms
@@ -254,7 +256,15 @@ class RegressionModel(nn.Module):
 
     def design(self, X: torch.Tensor, device=None) -> torch.Tensor:
         """Raw (n, d) -> design (n, m) in the head's dtype, on ``device`` (default: the head's)."""
-        return self.features(X).to(device=device or self.device, dtype=self.dtype)
+        device = device or self.device
+        if X.shape[0] <= DESIGN_CHUNK_ROWS:
+            return self.features(X).to(device=device, dtype=self.dtype)
+        # Chunk by chunk into the result: the float64 intermediates stay chunk-sized (the same
+        # numbers, row by row, as in one go).
+        out = torch.empty((X.shape[0], self.features.n_terms), dtype=self.dtype, device=device)
+        for i in range(0, X.shape[0], DESIGN_CHUNK_ROWS):
+            out[i : i + DESIGN_CHUNK_ROWS] = self.features(X[i : i + DESIGN_CHUNK_ROWS])
+        return out
 
     def scaled_target(self, y: torch.Tensor, device=None) -> torch.Tensor:
         return ((y.to(torch.float64) - self.y_shift) / self.y_scale).to(device=device or self.device, dtype=self.dtype)

@@ -7,6 +7,7 @@ of a seeded permutation; nothing runs per sample in Python.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -16,6 +17,7 @@ from typing import Callable, Optional
 import torch
 
 from gradfit.errors import TrainingError
+from gradfit.fastopt import SMALL_BATCH_VALUES, LinearMSE, shuffled_batches, single_threaded
 
 # How many consecutive epochs the loss must change by at most ``tol`` (relative) to stop.
 TOL_WINDOW = {"lbfgs": 3, "lm": 3}
@@ -128,6 +130,11 @@ def fit(
         loss.backward()
         return loss
 
+    # Linear head + MSE on the whole design: the same loss and gradient in one pass over it.
+    if dist is None and stream is None and (full_batch or kind == "lbfgs") and LinearMSE.applies(head, loss_fn, data.Z):
+        closure = LinearMSE(head, data.Z, data.y)  # noqa: F811
+    gather: dict = {}  # mini-batch gather buffers, reused every epoch
+
     epoch = start_epoch
     for epoch in range(start_epoch + 1, epochs + 1):
         head.train()
@@ -154,16 +161,24 @@ def fit(
             perm = torch.randperm(n, generator=generator).to(data.Z.device)
             total = torch.zeros((), dtype=data.Z.dtype, device=data.Z.device)
             seen = 0
-            slices = (perm[i : i + batch_size] for i in range(0, n, batch_size)) if dist is None else dist.batches(perm, batch_size, n_all)
-            for idx in slices:
-                optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(head(data.Z[idx]), data.y[idx])
-                loss.backward()
-                optimizer.step()
-                total += loss.detach() * idx.shape[0]
-                seen += idx.shape[0]
-                if should_stop is not None and seen < n and dist is None and should_stop():
-                    break  # a long epoch must not delay an interrupt
+            batches = (
+                shuffled_batches(data.Z, data.y, perm, batch_size, gather)
+                if dist is None
+                else ((data.Z[idx], data.y[idx]) for idx in dist.batches(perm, batch_size, n_all))
+            )
+            # Small batches on the CPU: one thread for their small ops (fastopt.single_threaded).
+            small = data.Z.device.type == "cpu" and batch_size * max(1, data.Z[0].numel()) <= SMALL_BATCH_VALUES
+            threads = single_threaded() if small else contextlib.nullcontext()
+            with threads:
+                for Zb, yb in batches:
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = loss_fn(head(Zb), yb)
+                    loss.backward()
+                    optimizer.step()
+                    total.add_(loss.detach(), alpha=yb.shape[0])
+                    seen += yb.shape[0]
+                    if should_stop is not None and seen < n and dist is None and should_stop():
+                        break  # a long epoch must not delay an interrupt
             loss_t = total / seen if dist is None else dist.sum(total) / dist.sum(seen)
         train_loss = float(loss_t) * loss_scale
         if not math.isfinite(train_loss):

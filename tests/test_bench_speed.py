@@ -1,0 +1,55 @@
+"""bench/speed.py runs end to end at a tiny size (no timing is asserted: only that it works)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SPEED = Path(__file__).resolve().parents[1] / "bench" / "speed.py"
+
+
+def _speed():
+    spec = importlib.util.spec_from_file_location("bench_speed", SPEED)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_in_process_sections_report_every_figure(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    out = tmp_path / "speed.json"
+    assert _speed().main(["--tiny", "--repeats", "1", "--only", "epoch,linear,mlp", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("# gradfit speed benchmark\nmachine: ")
+    for name in ("epoch", "linear", "mlp"):
+        assert f"## {name}" in text
+    doc = json.loads(out.read_text())
+    assert [r["section"] for r in doc["results"]] == ["epoch", "linear", "mlp"]
+    for r in doc["results"]:
+        assert r["ratio"] > 0 and r["command"] and r["gradfit"] and r["references"]
+    linear = doc["results"][1]
+    assert "exact.gap" in linear["gradfit"] and "(<= 1e-6)" in linear["gradfit"]  # gradfit reached the gap
+    assert "within 0.005" in doc["results"][2]["gradfit"] or "NOT within" in doc["results"][2]["gradfit"]
+
+
+def test_unknown_section_is_a_usage_error():
+    out = subprocess.run([sys.executable, str(SPEED), "--only", "nope"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "unknown section" in out.stderr
+
+
+@pytest.mark.slow
+def test_subprocess_sections_run(tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(SPEED), "--tiny", "--repeats", "1", "--only", "startup,memory", "--json", str(tmp_path / "s.json")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    doc = json.loads((tmp_path / "s.json").read_text())
+    assert [r["section"] for r in doc["results"]] == ["startup", "memory"]
+    assert "imports torch: False" in doc["results"][0]["references"][1]

@@ -32,8 +32,8 @@ class SyntheticPolynomial(_Strict):
     coefficients: list[float] = Field(min_length=1, description="lowest power first")
     n_samples: int = Field(200, ge=2, le=100_000_000)
     noise: float = Field(0.0, ge=0, description="standard deviation of Gaussian noise")
-    x_range: tuple[float, float] = (-3.0, 3.0)
-    feature: str = "x"
+    x_range: tuple[float, float] = Field((-3.0, 3.0), description="x is drawn uniformly on [low, high]")
+    feature: str = Field("x", description="name of the feature column")
 
     @field_validator("x_range")
     @classmethod
@@ -47,11 +47,11 @@ class SyntheticLinear(_Strict):
     """y = bias + X @ coefficients + noise, X standard normal with n_features columns x1..xN."""
 
     kind: Literal["linear"]
-    n_features: int = Field(1, ge=1, le=10_000)
+    n_features: int = Field(1, ge=1, le=10_000, description="columns x1..xN, standard normal")
     coefficients: Optional[list[float]] = Field(None, description="drawn from the seed when omitted")
-    bias: float = 0.0
+    bias: float = Field(0.0, description="the intercept")
     n_samples: int = Field(200, ge=2, le=100_000_000)
-    noise: float = Field(0.0, ge=0)
+    noise: float = Field(0.0, ge=0, description="standard deviation of Gaussian noise")
     x_range: Optional[tuple[float, float]] = Field(None, description="uniform on this range instead of normal")
 
     @model_validator(mode="after")
@@ -85,10 +85,10 @@ class Split(_Strict):
 class DataConfig(_Strict):
     path: Optional[str] = Field(None, description=".csv or .parquet file, relative to the config file")
     synthetic: Optional[Synthetic] = None
-    target: str = "y"
+    target: str = Field("y", description="the column to predict")
     features: Optional[list[str]] = Field(None, description="default: every column but the target")
     split: Split = Split()
-    standardize: bool = True
+    standardize: bool = Field(True, description="scale inputs and target for training; results are reported in original units")
     dropna: bool = Field(False, description="drop rows with missing values instead of refusing them")
     streaming: bool = Field(
         False, description="read a Parquet file or directory in row-group batches each epoch instead of into memory"
@@ -120,19 +120,21 @@ class DataConfig(_Strict):
 
 class LinearModel(_Strict):
     kind: Literal["linear"]
-    intercept: bool = True
+    intercept: bool = Field(True, description="fit a constant term; false forces the fit through the origin")
 
 
 class PolynomialModel(_Strict):
     kind: Literal["polynomial"]
-    degree: int = Field(2, ge=1, le=30)
-    intercept: bool = True
+    degree: int = Field(2, ge=1, le=30, description="highest total power of the terms")
+    intercept: bool = Field(True, description="fit a constant term")
     interactions: bool = Field(True, description="products of features (several features only)")
 
 
 class MLPModel(_Strict):
     kind: Literal["mlp"]
-    hidden: list[Annotated[int, Field(ge=1, le=65536)]] = Field(default_factory=lambda: [64, 64], min_length=1)
+    hidden: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
+        default_factory=lambda: [64, 64], min_length=1, description="sizes of the hidden layers"
+    )
     activation: Literal["relu", "tanh", "gelu", "sigmoid", "silu", "elu", "leaky_relu", "softplus"] = "relu"
 
 
@@ -166,7 +168,7 @@ Model = Annotated[Union[LinearModel, PolynomialModel, MLPModel, FormulaModel], F
 
 
 class LossConfig(_Strict):
-    kind: Literal["mse", "mae", "huber"] = "mse"
+    kind: Literal["mse", "mae", "huber"] = Field("mse", description="mean squared error, mean absolute error, or Huber")
     delta: Optional[float] = Field(None, gt=0, description="huber: where it turns linear, in target units")
 
     @model_validator(mode="after")
@@ -177,15 +179,17 @@ class LossConfig(_Strict):
 
 
 class OptimizerConfig(_Strict):
-    kind: Literal["sgd", "adam", "adamw", "lbfgs", "lm"] = "adam"
+    kind: Literal["sgd", "adam", "adamw", "lbfgs", "lm"] = Field(
+        "adam", description="lm (Levenberg-Marquardt) is for formula models, and their default with mse"
+    )
     lr: Union[Literal["auto"], float] = Field("auto", description="a number, or auto (see the README)")
-    momentum: Optional[float] = Field(None, ge=0, lt=1, description="sgd")
-    nesterov: Optional[bool] = Field(None, description="sgd")
-    weight_decay: float = Field(0.0, ge=0)
+    momentum: Optional[float] = Field(None, ge=0, lt=1, description="sgd: heavy-ball momentum")
+    nesterov: Optional[bool] = Field(None, description="sgd: Nesterov momentum (needs momentum)")
+    weight_decay: float = Field(0.0, ge=0, description="L2 penalty (sgd, adam) or decoupled decay (adamw)")
     betas: Optional[tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]]] = Field(
         None, description="adam, adamw"
     )
-    history_size: Optional[int] = Field(None, ge=1, le=1000, description="lbfgs")
+    history_size: Optional[int] = Field(None, ge=1, le=1000, description="lbfgs: curvature pairs kept (default 100)")
 
     @field_validator("lr", mode="before")
     @classmethod
@@ -223,7 +227,7 @@ class EarlyStopping(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(1000, ge=1, le=100_000_000)
+    epochs: int = Field(1000, ge=1, le=100_000_000, description="the most epochs to train (lbfgs: iterations of up to 20 steps)")
     batch_size: Optional[int] = Field(None, ge=1, description="null = full batch")
     tol: float = Field(1e-9, ge=0, description="stop when the loss improves by less than this (relative)")
     early_stopping: Optional[EarlyStopping] = None
@@ -240,10 +244,10 @@ _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 class Config(_Strict):
     """A gradfit experiment."""
 
-    name: str = Field("run", min_length=1, max_length=100)
-    seed: int = Field(0, ge=0, lt=2**63)
-    device: str = "auto"
-    dtype: Literal["float32", "float64"] = "float32"
+    name: str = Field("run", min_length=1, max_length=100, description="names the run directory")
+    seed: int = Field(0, ge=0, lt=2**63, description="every random choice derives from it")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N; auto = cuda when available")
+    dtype: Literal["float32", "float64"] = Field("float32", description="precision of training")
     data: DataConfig
     model: Model
     loss: LossConfig = LossConfig()

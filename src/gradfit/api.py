@@ -21,7 +21,7 @@ from gradfit.data import STREAM_BATCH, STREAM_INIT, Dataset, Split, generator, l
 from gradfit.errors import GradfitError, TrainingError
 from gradfit.exact import exact_least_squares
 from gradfit.metrics import regression_metrics
-from gradfit.models import DTYPES, RegressionModel, build_model
+from gradfit.models import DESIGN_CHUNK_ROWS, DTYPES, RegressionModel, build_model
 from gradfit.runs import make_run_dir, write_history, write_json, write_text
 from gradfit.training import EpochRecord, TrainData, TrainResult, fit
 
@@ -113,14 +113,58 @@ def prepare(cfg: Config) -> Prepared:
         return distributed.prepare(cfg, dist, device, t0)
     ds = load_dataset(cfg)
     split = split_rows(ds.n_rows, cfg.data.split.val, cfg.data.split.test, cfg.seed)
-    X_tr, y_tr = ds.X[split.train], ds.y[split.train]
-    model = build_model(cfg, ds.feature_names, ds.target_name, X_tr, y_tr, device, generator(cfg.seed, STREAM_INIT))
-    data = TrainData(model.design(X_tr), model.scaled_target(y_tr))
+    if cfg.model.kind != "formula" and split.train.numel() > DESIGN_CHUNK_ROWS:
+        # Many rows: no copy of the training rows; the statistics and the design are made
+        # chunk by chunk from the rows the split indexes (see bench/README.md, memory).
+        y_tr = ds.y[split.train]
+        model = build_model(cfg, ds.feature_names, ds.target_name, None, y_tr, device, generator(cfg.seed, STREAM_INIT),
+                            summarize=row_summarizer(ds.X, y_tr, split.train))
+        data = TrainData(model.design(ds.X, rows=split.train, column_major=_column_major(cfg, device, split)),
+                         model.scaled_target(y_tr))
+    else:
+        X_tr, y_tr = ds.X[split.train], ds.y[split.train]
+        model = build_model(cfg, ds.feature_names, ds.target_name, X_tr, y_tr, device, generator(cfg.seed, STREAM_INIT))
+        data = TrainData(model.design(X_tr), model.scaled_target(y_tr))
     if split.val.numel():
-        data.Z_val = model.design(ds.X[split.val])
+        data.Z_val = model.design(ds.X[split.val]) if cfg.model.kind == "formula" else model.design(ds.X, rows=split.val)
         data.y_val = model.scaled_target(ds.y[split.val])
     plan = optim.plan(cfg, data.Z)
     return Prepared(cfg, device, ds, split, model, data, losses.from_config(cfg), plan, time.perf_counter() - t0)
+
+
+def _column_major(cfg: Config, device: torch.device, split: Split) -> bool:
+    """Whether the training design is stored column by column: a linear head trained on mse over
+    the whole design on the CPU, whose one-pass gradient reads that layout fastest (fastopt.LinearMSE)."""
+    bs = cfg.train.batch_size
+    return (
+        device.type == "cpu"
+        and cfg.model.kind in ("linear", "polynomial")
+        and cfg.loss.kind == "mse"
+        and (bs is None or bs >= split.train.numel() or cfg.optimizer.kind == "lbfgs")
+    )
+
+
+def row_summarizer(X: torch.Tensor, y: torch.Tensor, rows: torch.Tensor):
+    """For fit_scaling: fn -> (statistics of fn(X[rows]), statistics of y), chunk by chunk (no copy of the rows)."""
+    from gradfit.distributed import Moments
+
+    def summarize(fn):
+        xs = Moments()
+        for i in range(0, rows.numel(), DESIGN_CHUNK_ROWS):
+            xs.add(fn(X[rows[i : i + DESIGN_CHUNK_ROWS]]))
+        return xs.reduce(SINGLE), Moments().add(y).reduce(SINGLE)
+
+    return summarize
+
+
+def predict_rows(model: RegressionModel, X: torch.Tensor, rows: torch.Tensor, chunk: int = 1 << 14) -> torch.Tensor:
+    """``model.predict(X[rows])``, gathering the rows chunk by chunk (chunk-sized temporaries)."""
+    if rows.numel() <= chunk:
+        return model.predict(X[rows])
+    out = torch.empty(rows.numel(), dtype=torch.float64)
+    for i in range(0, rows.numel(), chunk):
+        out[i : i + chunk] = model.predict(X[rows[i : i + chunk]], batch_rows=chunk)
+    return out
 
 
 def evaluate_sets(model: RegressionModel, ds: Dataset, split: Split, loss: losses.Loss) -> dict:
@@ -131,7 +175,7 @@ def evaluate_sets(model: RegressionModel, ds: Dataset, split: Split, loss: losse
         if idx.numel() == 0:
             out[name] = None
             continue
-        out[name] = regression_metrics(ds.y[idx], model.predict(ds.X[idx]), loss)
+        out[name] = regression_metrics(ds.y[idx], predict_rows(model, ds.X, idx), loss)
     return out
 
 
@@ -305,8 +349,8 @@ def finish(prep: Prepared, result: TrainResult, run_dir: Optional[Path]) -> RunR
     if result.best_epoch is not None:
         metrics["best_epoch"] = result.best_epoch
     if cfg.model.kind in ("linear", "polynomial") and cfg.loss.kind == "mse":
-        X_tr, y_tr = ds.X[split.train], ds.y[split.train]
-        ex = exact_least_squares(model, X_tr, y_tr) if prep.rows is None else prep.rows.exact(model)
+        y_tr = ds.y[split.train]
+        ex = exact_least_squares(model, ds.X, ds.y, rows=split.train) if prep.rows is None else prep.rows.exact(model)
         var = float(y_tr.var(unbiased=False)) if prep.rows is None else prep.rows.target_variance()
         train_mse = sets["train"]["mse"]
         metrics["exact"] = {"loss": ex["loss"], "gap": (train_mse - ex["loss"]) / var if var > 0 else train_mse - ex["loss"]}
@@ -314,7 +358,7 @@ def finish(prep: Prepared, result: TrainResult, run_dir: Optional[Path]) -> RunR
     if cfg.model.kind in ("linear", "polynomial", "formula") and cfg.loss.kind == "mse" and prep.rows is None:
         from gradfit.uncertainty import uncertainty
 
-        coefficients.update(uncertainty(model, ds.X[split.train], ds.y[split.train]))
+        coefficients.update(uncertainty(model, ds.X, ds.y, rows=split.train))
     run = RunResult(run_dir, metrics, coefficients, cfg, result, model, list(ds.notes), prep.plan.lr_rule)
     if run_dir is not None:
         write_run(run, prep)

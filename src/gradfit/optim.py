@@ -30,7 +30,7 @@ class OptimizerPlan:
     lr_rule: str  # how lr was chosen: "given", "auto: 1.8/L (L=...)", ...
 
 
-def largest_hessian_eigenvalue(Z: torch.Tensor, intercept: bool, loss_kind: str, chunk: int = 1 << 16, reduce=None) -> float:
+def largest_hessian_eigenvalue(Z: torch.Tensor, intercept: bool, loss_kind: str, chunk: int = 1 << 14, reduce=None) -> float:
     """Largest eigenvalue of the mean-loss Hessian for a linear head on design Z (``reduce``: sum over ranks)."""
     m = Z.shape[1] + (1 if intercept else 0)
     G = torch.zeros(m, m, dtype=torch.float64)

@@ -127,22 +127,31 @@ def summarize(names: list[str], values: list[float], variances: list[float], rss
     }
 
 
-def uncertainty(model, X: torch.Tensor, y: torch.Tensor) -> dict:
+def uncertainty(model, X: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None) -> dict:
     """The uncertainty keys of coefficients.json for a linear, polynomial or formula model fitted by MSE.
 
-    X, y: the training rows (raw, float64). Empty when it cannot be computed (no residual degrees
-    of freedom, or coefficients the data cannot tell apart).
+    X, y: the training rows (raw, float64), or with ``rows`` the rows ``X[rows]``, ``y[rows]``
+    (linear and polynomial models read them chunk by chunk, without a copy). Empty when it
+    cannot be computed (no residual degrees of freedom, or coefficients the data cannot tell apart).
     """
     kind = model.spec["kind"]
     if kind == "formula":
-        return formula_uncertainty(model, X, y)
+        return formula_uncertainty(model, X if rows is None else X[rows], y if rows is None else y[rows])
     if kind in ("linear", "polynomial"):
-        return linear_uncertainty(model, X, y)
+        return linear_uncertainty(model, X, y, rows)
     return {}
 
 
-def _rss(model, X: torch.Tensor, y: torch.Tensor) -> float:
-    return float((y.to(torch.float64) - model.predict(X)).pow(2).sum())
+RSS_CHUNK_ROWS = 1 << 14
+
+
+def _rss(model, X: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None) -> float:
+    n = X.shape[0] if rows is None else rows.shape[0]
+    total = 0.0
+    for i in range(0, n, RSS_CHUNK_ROWS):
+        idx = slice(i, i + RSS_CHUNK_ROWS) if rows is None else rows[i : i + RSS_CHUNK_ROWS]
+        total += float((y[idx].to(torch.float64) - model.predict(X[idx], batch_rows=RSS_CHUNK_ROWS)).pow(2).sum())
+    return total
 
 
 # ---------------------------------------------------------------- linear and polynomial
@@ -181,13 +190,13 @@ def raw_map(model) -> tuple[list[tuple[int, ...]], torch.Tensor]:
     return keys, torch.tensor([[float(v) for v in r] for r in M], dtype=torch.float64)
 
 
-def linear_uncertainty(model, X: torch.Tensor, y: torch.Tensor) -> dict:
-    """Standard errors of the raw coefficients of a linear or polynomial model."""
+def linear_uncertainty(model, X: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None) -> dict:
+    """Standard errors of the raw coefficients of a linear or polynomial model (on ``X[rows]`` with ``rows``)."""
     from gradfit.exact import gram
     from gradfit.models import term_name
 
-    n = int(X.shape[0])
-    G, _ = gram(model, X, y)  # (m[+1], m[+1]) of the scaled design, intercept column last
+    n = int(X.shape[0] if rows is None else rows.shape[0])
+    G, _ = gram(model, X, y, rows)  # (m[+1], m[+1]) of the scaled design, intercept column last
     p = int(G.shape[0])
     if n <= p:
         return {}
@@ -197,7 +206,7 @@ def linear_uncertainty(model, X: torch.Tensor, y: torch.Tensor) -> dict:
     C = torch.cholesky_inverse(L)  # (A^T A)^-1 in the design's units
     if not bool(torch.isfinite(C).all()):
         return {}
-    rss = _rss(model, X, y)
+    rss = _rss(model, X, y, rows)
     sigma2 = rss / (n - p)
     keys, M = raw_map(model)
     variances = (sigma2 * ((M @ C) * M).sum(1)).tolist()

@@ -28,7 +28,7 @@ def imports_torch(*args, cwd=None) -> tuple[int, bool, str]:
         "try:\n    app(prog_name='gradfit', args=sys.argv[1:])\nexcept SystemExit as e:\n    rc = e.code or 0\n"
         "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)\nsys.exit(rc)\n"
     )
-    r = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=120)
+    r = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=120, check=False)
     return r.returncode, "NO-TORCH" not in r.stderr, r.stderr
 
 
@@ -271,7 +271,7 @@ def test_runs_does_not_import_torch_and_respects_no_color(three_runs):
 
     def colours(**env) -> set:
         env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"} | env
-        r = subprocess.run([sys.executable, "-c", code, "runs", str(three_runs)], capture_output=True, text=True, env=env)
+        r = subprocess.run([sys.executable, "-c", code, "runs", str(three_runs)], capture_output=True, text=True, env=env, check=False)
         assert r.returncode == 0 and "exact" in r.stdout
         # SGR colour codes (30-37, 38;..., 90-97) in either stream; bold (1) is not a colour
         codes = re.findall(r"\x1b\[([0-9;]*)m", r.stdout + r.stderr)

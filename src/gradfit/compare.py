@@ -19,10 +19,11 @@ from __future__ import annotations
 import datetime as _dt
 import difflib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -84,7 +85,7 @@ def _walk(root: Path):
         yield p, dirs, files
 
 
-def _record(d: Path, name: str, present: set) -> Optional[dict]:
+def _record(d: Path, name: str, present: set) -> dict | None:
     """The record of one run directory, or None when it is incomplete or unreadable."""
     if not {"metrics.json", "config.yaml"} <= present:
         return None
@@ -159,5 +160,5 @@ def sort_runs(records: list[dict], key: str, reverse: bool = False) -> list[dict
 
 def _comparable(v: Any) -> bool:
     if isinstance(v, float):
-        return v == v  # NaN sorts nowhere: treat it as missing
+        return not math.isnan(v)  # NaN sorts nowhere: treat it as missing
     return v is not None

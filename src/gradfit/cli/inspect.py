@@ -9,7 +9,6 @@ from __future__ import annotations
 import random
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -23,7 +22,7 @@ from gradfit.errors import DataError, GradfitError
 @user_errors
 def check(
     config: Path = typer.Argument(..., help="YAML experiment file.", show_default=False),
-    set_: List[str] = typer.Option([], "--set", help="Override a config value: KEY=VALUE (dotted path).", metavar="KEY=VALUE"),
+    set_: list[str] = typer.Option([], "--set", help="Override a config value: KEY=VALUE (dotted path).", metavar="KEY=VALUE"),
 ) -> None:
     """Validate a config without training; print it resolved, every default filled in, as YAML.
 
@@ -166,7 +165,7 @@ _EPOCHS = {"polynomial": 2000, "linear": 2000, "mlp": 3000}
 _EARLY = {"mlp": "  early_stopping: {patience: 200}  # stop when the validation loss stalls this many epochs\n"}
 
 
-def sample_data(kind: str, seed: int = 0) -> Optional[str]:
+def sample_data(kind: str, seed: int = 0) -> str | None:
     """The sample CSV of an example config (deterministic: the same text for the same seed), or None."""
     rng = random.Random(seed)
     if kind == "polynomial":
@@ -362,7 +361,7 @@ def _down(key: str) -> bool:
     return descending(key)
 
 
-def _model(kind: Optional[str]) -> str:
+def _model(kind: str | None) -> str:
     """polynomial(3) -> poly3: the table is narrow."""
     if kind and kind.startswith("polynomial(") and kind.endswith(")"):
         return "poly" + kind[len("polynomial("):-1]

@@ -198,7 +198,7 @@ def example_config(kind: str, data_name: str, config_name: str) -> str:
 @app.command()
 @user_errors
 def init(
-    path: str = typer.Argument("gradfit.yaml", metavar="[PATH]", help="Config file to write (a folder: gradfit.yaml in it)."),
+    path: str = typer.Argument("gradfit.yaml", metavar="PATH", help="Config file to write (a folder: gradfit.yaml in it)."),
     model: str = typer.Option("polynomial", "--model", help="Model kind of the example: linear, polynomial or mlp."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
 ) -> None:
@@ -264,7 +264,7 @@ _STOP_WORDS = {"max": "epochs cap", "tol": "tolerance met", "early": "early stop
 @app.command()
 @user_errors
 def runs(
-    directory: Path = typer.Argument(Path("runs"), metavar="[DIR]", help="Folder holding run directories."),
+    directory: Path = typer.Argument(Path("runs"), metavar="DIR", help="Folder holding run directories."),
     sort: str = typer.Option(
         "date", "--sort", metavar="KEY",
         help="Sort by a key or a SET.METRIC path (val.r2, train.loss, epochs, date, name). Best first: "

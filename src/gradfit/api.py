@@ -252,7 +252,7 @@ def _train_prepared(prep: Prepared, run_dir, fresh, state, history, on_epoch, sh
         if run_dir is not None:
             from gradfit import plots
 
-            plots._pyplot()  # import matplotlib now (it is needed at the end): an interrupt then saves quickly
+            plots.prepare()  # import matplotlib now (it is needed at the end): an interrupt then saves quickly
 
         def note_epoch(rec: EpochRecord) -> None:
             records.append(rec)
@@ -369,6 +369,22 @@ def write_run(run: RunResult, prep: Prepared) -> None:
     """Every file of the run directory, each written atomically."""
     cfg, ds, split, model = prep.cfg, prep.ds, prep.split, prep.model
     d = run.run_dir
+    from gradfit import plots
+
+    # The figures first: a helper process (plots.start_helper) draws them while the other files are written.
+    if run.result.history:
+        plots.loss_plot(d / "loss.png", run.result.history, cfg.loss.kind)
+    is_train = torch.zeros(ds.n_rows, dtype=torch.bool)
+    is_train[split.train] = True
+    title = run.coefficients.get("equation") or f"{cfg.model.kind} model of {ds.target_name}"
+    if len(ds.feature_names) == 1:
+        predict = lambda x: model.predict(x).numpy()  # noqa: E731
+        plots.fit_plot(d / "fit.png", ds.X[:, 0].numpy(), ds.y.numpy(), is_train.numpy(), predict,
+                       ds.feature_names[0], ds.target_name, _short(title))
+    else:
+        idx = split.val if split.val.numel() else split.train
+        plots.parity_plot(d / "fit.png", ds.y[idx].numpy(), predict_rows(model, ds.X, idx).numpy(), ds.target_name,
+                          "validation rows" if split.val.numel() else "training rows")
     cfg_dict = resolved_config_dict(cfg)
     import yaml
 
@@ -384,21 +400,7 @@ def write_run(run: RunResult, prep: Prepared) -> None:
                # the fit's standard errors need the training rows: kept, so the checkpoint alone gives them
                "uncertainty": {k: run.coefficients[k] for k in ("std_errors", "ci95", "residual_sd", "dof") if k in run.coefficients}},
     )
-    from gradfit import plots
-
-    if run.result.history:
-        plots.loss_plot(d / "loss.png", run.result.history, cfg.loss.kind)
-    is_train = torch.zeros(ds.n_rows, dtype=torch.bool)
-    is_train[split.train] = True
-    title = run.coefficients.get("equation") or f"{cfg.model.kind} model of {ds.target_name}"
-    if len(ds.feature_names) == 1:
-        predict = lambda x: model.predict(x).numpy()  # noqa: E731
-        plots.fit_plot(d / "fit.png", ds.X[:, 0].numpy(), ds.y.numpy(), is_train.numpy(), predict,
-                       ds.feature_names[0], ds.target_name, _short(title))
-    else:
-        idx = split.val if split.val.numel() else split.train
-        plots.parity_plot(d / "fit.png", ds.y[idx].numpy(), model.predict(ds.X[idx]).numpy(), ds.target_name,
-                          "validation rows" if split.val.numel() else "training rows")
+    plots.wait()  # the figures drawn by a helper process (plots.start_helper) are written
     # metrics.json last: its presence says the run is complete.
     write_json(d / "metrics.json", run.metrics)
 

@@ -2,7 +2,7 @@
 
 Minimizes 0.5 * ||r(theta)||^2 with r = head(Z) - y. Each iteration (one training
 "epoch") computes the Jacobian J = dr/dtheta with forward-mode autograd
-(``torch.func.jacfwd``: one pass per parameter, memory n x p; reverse mode would
+(``jacobian`` below: one pass per parameter, memory n x p; reverse mode would
 need one pass per row), then tries damped Gauss-Newton steps
 
     minimize ||J delta + r||^2 + mu * ||D delta||^2
@@ -25,14 +25,45 @@ import math
 import torch
 
 from gradfit.errors import TrainingError
+from gradfit.fastopt import _Optimizer
 
 MU_START = 1e-3  # initial damping, relative to D^2
 MAX_TRIALS = 60  # damped steps tried per iteration before giving up on it
 MU_MAX = 1e40
 
 
-class LevenbergMarquardt(torch.optim.Optimizer):
-    """LM on the residuals of a head; call ``iterate(head, Z, y)`` once per epoch (not ``step``)."""
+def jacobian(f, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(f(theta) (n,), J = df/dtheta (n, p)) for theta (p,), by reverse mode applied twice.
+
+    g(u) = d/dtheta sum_k u_k f_k(theta) = J^T u is linear in u, so column i of J is
+    d g_i / du: one forward pass, one backward pass and one more per parameter. Not
+    ``torch.func.jacfwd`` nor ``torch.autograd.forward_ad``: the first time a dual tensor
+    meets a plain tensor or a number (the data, any constant), torch runs a Python
+    decomposition that imports torch._dynamo (measured: 1.5 s, more than the fit).
+    Nor ``autograd.grad`` with a ``grad_outputs`` tensor, which imports sympy (0.6 s):
+    every gradient here is of a scalar.
+    """
+    th = theta.detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = f(th)
+        u = torch.zeros_like(out, requires_grad=True)
+        (g,) = torch.autograd.grad((out * u).sum(), th, create_graph=True, allow_unused=True)  # J^T u, (p,)
+        cols = []
+        for i in range(th.numel()):
+            c = None
+            if g is not None and g.requires_grad:
+                (c,) = torch.autograd.grad(g[i], u, retain_graph=i + 1 < th.numel(), allow_unused=True)
+            cols.append(torch.zeros_like(out) if c is None else c)
+    J = torch.stack(cols, 1) if cols else out.new_zeros((out.numel(), 0))
+    return out.detach(), J.detach()
+
+
+class LevenbergMarquardt(_Optimizer):
+    """LM on the residuals of a head; call ``iterate(head, Z, y)`` once per epoch (not ``step``).
+
+    Not a ``torch.optim.Optimizer``, whose constructor imports torch._dynamo (over a second);
+    the same ``param_groups``, ``state`` and ``state_dict`` layout (fastopt._Optimizer).
+    """
 
     def __init__(self, params, mu: float = MU_START):
         super().__init__(params, {"mu_start": mu})
@@ -75,7 +106,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
 
     def _state(self) -> dict:
         first = self._params()[0]
-        st = self.state[first]
+        st = self.state.setdefault(first, {})
         if "mu" not in st:
             st["mu"] = torch.tensor(self.defaults["mu_start"], dtype=torch.float64)
             st["nu"] = torch.tensor(2.0, dtype=torch.float64)
@@ -84,8 +115,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
 
     def _evaluate(self, residuals, theta, head, what: str):
         """(r, J) at theta; a non-finite Jacobian is an error that names the parameters."""
-        r = residuals(theta)
-        J = torch.func.jacfwd(residuals)(theta)  # (n, p)
+        r, J = jacobian(residuals, theta)  # (n,), (n, p)
         if not bool(torch.isfinite(J).all()):
             bad = (~torch.isfinite(J)).any(0).nonzero().reshape(-1).tolist()
             names = getattr(head, "parameters_names", None) or [f"parameter {i}" for i in range(theta.numel())]

@@ -228,7 +228,9 @@ def formula_jacobian(model, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     def f(t):
         return head.evaluate(X64, t)
 
-    return f(theta), torch.func.jacfwd(f)(theta)
+    from gradfit.lm import jacobian  # not torch.func.jacfwd, which imports torch._dynamo (see there)
+
+    return jacobian(f, theta)
 
 
 def covariance_unscaled(J: torch.Tensor) -> torch.Tensor | None:

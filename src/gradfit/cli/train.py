@@ -44,7 +44,7 @@ class Progress:
     def __init__(self, total: int, quiet: bool):
         self.total = total
         self.quiet = quiet
-        self.console = stderr_console()
+        self.console = None if quiet else stderr_console()  # rich is not imported for a quiet run
         self.bar = None
         self.task = None
         self.every = max(1, total // 10)
@@ -141,7 +141,6 @@ def train(
     Ctrl-C (or SIGTERM) stops after the current epoch, saves the run with
     stop_reason "interrupted" and exits with code 130; --resume RUN_DIR continues it.
     """
-    from gradfit import api
     from gradfit.errors import Interrupted
 
     if (config is None) == (resume is None):
@@ -152,8 +151,13 @@ def train(
         raise typer.BadParameter("--resume continues in the run's own directory; drop --out/--force", param_hint="--resume")
     if _rank() != 0:  # under torchrun: ranks other than 0 train in step with rank 0 and print nothing
         return _follower(_rank(), config, set_, out, force, resume)
+    from gradfit import plots
+
+    plots.start_helper()  # matplotlib loads on another core while torch loads here (see gradfit.plots)
     stop = StopOnSignal()
     try:
+        from gradfit import api
+
         if resume is not None:
             from gradfit.resume import load_run
 
@@ -174,12 +178,13 @@ def train(
         raise typer.Exit(130) from None
     finally:
         stop.restore()
+        plots.stop_helper()  # a run that failed: no figures to wait for
     if json_out:
         from gradfit.runs import to_json
 
         sys.stdout.write(to_json({**run.metrics, "run_dir": str(run.run_dir)}))
     elif quiet:
-        stdout_console().print(str(run.run_dir), soft_wrap=True)
+        typer.echo(str(run.run_dir))
     else:
         render_summary(stdout_console(), run)
     if run.metrics["stop_reason"] == "interrupted":

@@ -13,6 +13,14 @@ from gradfit import fastopt
 from gradfit.models import LinearHead, MLPHead
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tests run thousands of tiny ops: on one thread, so that a busy machine cannot stall them
+    at the intra-op threads' barrier (milliseconds per op; the numbers are the same)."""
+    with fastopt.single_threaded():
+        yield
+
+
 def _problem(dtype, seed=0, n=300, d=5):
     g = torch.Generator().manual_seed(seed)
     X = torch.randn(n, d, generator=g, dtype=torch.float64)
@@ -202,21 +210,52 @@ def test_minibatch_adam_training_recovers_planted_coefficients(tmp_path):
     assert [c["coefficients"][k] for k in ("x1", "x2", "x3")] == pytest.approx([1.5, -2.0, 0.5], abs=0.05)
 
 
-def test_training_imports_no_dynamo(tmp_path):
-    """Constructing a torch.optim optimizer imports torch._dynamo (1.3 s); gradfit's sgd/adam must not."""
-    code = (
-        "import sys\n"
-        "from gradfit.config import config_from_dict\n"
-        "from gradfit.api import train\n"
-        f"cfg = config_from_dict({{'name': 'q', 'data': {{'synthetic': {{'kind': 'polynomial', 'coefficients': [3, 2, 1],"
-        f" 'n_samples': 50}}}}, 'model': {{'kind': 'polynomial', 'degree': 2}}, 'optimizer': {{'kind': 'adam', 'lr': 0.05}},"
-        f" 'train': {{'epochs': 20, 'batch_size': 16}}, 'output': {{'dir': {str(tmp_path)!r}}}}})\n"
-        "train(cfg, write=True)\n"
-        "print('torch._dynamo' in sys.modules)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+NO_DYNAMO_PROBE = """\
+import json, sys
+from gradfit.cli import main
+sys.argv = ["gradfit", "train", sys.argv[1], "--out", sys.argv[2], "-q", "--set", "train.epochs=30"]
+try:
+    main()
+except SystemExit as exc:
+    assert not exc.code, exc.code
+mpl = "matplotlib" in sys.modules  # the figures were drawn by the helper process
+from gradfit.api import train
+from gradfit.config import config_from_dict
+base = {"name": "q", "data": {"synthetic": {"kind": "polynomial", "coefficients": [3, 2, 1], "n_samples": 50}},
+        "train": {"epochs": 5}, "output": {"dir": sys.argv[3]}}
+runs = {
+    "adam": {"model": {"kind": "polynomial", "degree": 2}, "optimizer": {"kind": "adam", "lr": 0.05},
+             "train": {"epochs": 5, "batch_size": 16}},
+    "lbfgs": {"model": {"kind": "polynomial", "degree": 2}, "optimizer": {"kind": "lbfgs"}},
+    "mlp": {"model": {"kind": "mlp", "hidden": [8]}, "optimizer": {"kind": "adam", "lr": 0.01}},
+    "lm": {"model": {"kind": "formula", "formula": "y = a * x**2 + b * exp(0.1 * x) + c"}},  # lm, then std errors
+}
+for name, extra in runs.items():
+    train(config_from_dict({**base, **extra}), write=False)
+print(json.dumps({"matplotlib": mpl, "dynamo": "torch._dynamo" in sys.modules, "sympy": "sympy" in sys.modules}))
+"""
+
+
+def test_training_imports_no_dynamo_and_the_cli_draws_in_a_helper(tmp_path, root):
+    """torch.optim optimizers, torch.func.jacfwd and forward-mode AD import torch._dynamo (1.3 s or more);
+    gradfit's sgd/adam/lbfgs/lm and its Jacobians must not. ``gradfit train`` leaves matplotlib to its
+    helper process, whose figures are the bytes this process draws from the same run."""
+    import json
+
+    from gradfit import plots
+    from gradfit.api import train
+    from gradfit.config import load_config
+
+    out = subprocess.run([sys.executable, "-c", NO_DYNAMO_PROBE, str(root / "configs" / "quadratic.yaml"),
+                          str(tmp_path / "cli"), str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "False"
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"matplotlib": False, "dynamo": False, "sympy": False}
+    assert plots._helper is None  # torch is imported here: figures are drawn in this process
+    here = train(load_config(root / "configs" / "quadratic.yaml", ["train.epochs=30"]), out=tmp_path / "lib")
+    for name in ("loss.png", "fit.png"):
+        assert (tmp_path / "cli" / name).read_bytes() == (here.run_dir / name).read_bytes(), name
+    assert (tmp_path / "cli" / "metrics.json").is_file()
+    assert not [p.name for p in (tmp_path / "cli").iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
 def _csv_files():
@@ -265,3 +304,148 @@ def test_small_csv_reader_reads_numbers_like_pandas(tmp_path):
     assert X[:, 0].tolist() == [1000.0, 2.25, 3.0]
     assert y.tolist() == [-0.5, 0.1, 0.007]
     assert data.read_columns(p) == ["x", "y"]
+
+
+# ---------------------------------------------------------------- the plotting helper
+
+
+def _figures(plots, out):
+    import numpy as np
+
+    from gradfit.training import EpochRecord
+
+    hist = [EpochRecord(i, 10.0 ** (-i / 10), 10.0 ** (-i / 9) if i % 3 else None, 0.1, 0.0) for i in range(1, 40)]
+    x = np.linspace(-2, 2, 50)
+    y = x**2 + 0.1 * np.sin(9 * x)
+    plots.loss_plot(out / "loss.png", hist, "mse")
+    plots.fit_plot(out / "fit.png", x, y, np.arange(50) % 4 != 0, lambda g: g[:, 0] ** 2, "x", "y", "y = x^2")
+    plots.parity_plot(out / "parity.png", y, y + 0.05, "y", "validation rows")
+
+
+def test_plot_helper_writes_the_bytes_drawn_in_process(tmp_path, monkeypatch):
+    from gradfit import plots
+
+    (tmp_path / "here").mkdir()
+    _figures(plots, tmp_path / "here")
+    assert plots.start_helper(force=True)
+    _figures(plots, tmp_path / "helper")
+    monkeypatch.setattr(plots, "_draw", lambda *a: pytest.fail("drawn in this process, not by the helper"))
+    plots.wait()
+    for name in ("loss.png", "fit.png", "parity.png"):
+        assert (tmp_path / "helper" / name).read_bytes() == (tmp_path / "here" / name).read_bytes(), name
+
+
+def test_figures_are_drawn_here_when_the_helper_dies(tmp_path):
+    from gradfit import plots
+
+    assert plots.start_helper(force=True)
+    plots._helper.proc.kill()
+    _figures(plots, tmp_path)
+    plots.wait()
+    assert plots._helper is None
+    assert all((tmp_path / n).stat().st_size > 1000 for n in ("loss.png", "fit.png", "parity.png"))
+
+
+def test_stopped_helper_writes_nothing(tmp_path):
+    from gradfit import plots
+
+    assert plots.start_helper(force=True)
+    proc = plots._helper.proc
+    plots.stop_helper()
+    assert proc.poll() is not None and plots._helper is None
+
+
+# ---------------------------------------------------------------- MLP by hand, Jacobians, step counts
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("batch", [1, 7, 256])
+def test_mlp_mse_gradient_equals_autograd(activation, dtype, batch):
+    g = torch.Generator().manual_seed(batch)
+    head = MLPHead(6, [16, 8], activation, dtype, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for p in head.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=torch.float64).to(dtype))  # biases not zero
+    Z = torch.randn(batch, 6, generator=g, dtype=torch.float64).to(dtype)
+    y = torch.randn(batch, generator=g, dtype=torch.float64).to(dtype)
+    assert fastopt.MLPMSE.applies(head, F.mse_loss, Z)
+    loss = F.mse_loss(head(Z), y)
+    loss.backward()
+    ref = [p.grad.clone() for p in head.parameters()]
+    head.zero_grad(set_to_none=True)
+    step = fastopt.MLPMSE(head)
+    for _ in range(2):  # the second call reuses the gradient buffers
+        got = step(Z, y)
+        tol = dict(rtol=1e-13, atol=1e-15) if dtype == torch.float64 else dict(rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(got, loss.detach(), **tol)
+        for a, p in zip(ref, head.parameters()):
+            assert p.grad.is_contiguous()
+            torch.testing.assert_close(p.grad, a, **tol)
+
+
+def test_mlp_mse_applies_only_to_relu_or_tanh_mlps_with_mse():
+    Z = torch.zeros(4, 3)
+    assert not fastopt.MLPMSE.applies(MLPHead(3, [4], "gelu", torch.float32, torch.Generator()), F.mse_loss, Z)
+    assert not fastopt.MLPMSE.applies(MLPHead(3, [4], "relu", torch.float32, torch.Generator()), F.l1_loss, Z)
+    assert not fastopt.MLPMSE.applies(LinearHead(3, True, torch.float32), F.mse_loss, Z)
+    hooked = MLPHead(3, [4], "relu", torch.float32, torch.Generator())
+    hooked.net[0].register_forward_hook(lambda *a: None)
+    assert not fastopt.MLPMSE.applies(hooked, F.mse_loss, Z)
+
+
+@pytest.mark.parametrize("batch_size", [32, None])
+def test_mlp_training_by_hand_gives_the_autograd_trajectory(tmp_path, monkeypatch, batch_size):
+    from gradfit import training
+    from gradfit.api import train
+    from gradfit.config import config_from_dict
+
+    cfg = config_from_dict({
+        "name": "m", "seed": 3, "dtype": "float64",
+        "data": {"synthetic": {"kind": "polynomial", "coefficients": [1, -2, 0.5], "n_samples": 200}},
+        "model": {"kind": "mlp", "hidden": [16, 16]}, "optimizer": {"kind": "adam", "lr": 0.01},
+        "train": {"epochs": 15, "batch_size": batch_size, "tol": 0.0}, "output": {"dir": str(tmp_path)},
+    })
+    fast = train(cfg, write=False)
+    monkeypatch.setattr(training.MLPMSE, "applies", staticmethod(lambda *a: False))
+    slow = train(cfg, write=False)
+    a = [r.train_loss for r in fast.result.history]
+    b = [r.train_loss for r in slow.result.history]
+    assert len(a) == 15 and a == pytest.approx(b, rel=1e-12)
+    for p, q in zip(fast.model.head.parameters(), slow.model.head.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+
+
+def test_jacobian_equals_the_closed_form():
+    from gradfit.lm import jacobian
+
+    t = torch.linspace(0, 5, 40, dtype=torch.float64)
+    theta = torch.tensor([2.0, 0.7, -0.3, 1.5], dtype=torch.float64)
+
+    def f(th):  # constants and data mixed with the parameters; th[3] is not used
+        return th[0] * torch.exp(-th[1] * t) + 3.0 * th[2] ** 2 - 1.0
+
+    out, J = jacobian(f, theta)
+    a, k, c = theta[:3]
+    expected = torch.stack([torch.exp(-k * t), -a * t * torch.exp(-k * t), 6 * c * torch.ones_like(t),
+                            torch.zeros_like(t)], 1)
+    assert torch.equal(out, f(theta))
+    torch.testing.assert_close(J, expected, rtol=1e-15, atol=1e-15)
+
+
+def test_adam_counts_steps_per_parameter_like_torch_optim():
+    """One op counts every parameter's steps; a step in which a parameter has no gradient leaves its count."""
+    X, y = _problem(torch.float64)
+    heads = [_mlp(torch.float64) for _ in range(2)]
+    opts = [fastopt.Adam(heads[0].parameters(), lr=0.01), torch.optim.Adam(heads[1].parameters(), lr=0.01)]
+    for k in range(6):
+        for head, opt in zip(heads, opts):
+            opt.zero_grad(set_to_none=True)
+            F.mse_loss(head(X), y).backward()
+            if k in (2, 3):
+                head.net[0].bias.grad = None
+            opt.step()
+    for p, q in zip(*(h.parameters() for h in heads)):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-12)
+    ours, ref = (o.state_dict()["state"] for o in opts)
+    assert [float(ours[i]["step"]) for i in ours] == [float(ref[i]["step"]) for i in ref] == [6, 4, 6, 6, 6, 6]

@@ -1,0 +1,56 @@
+"""The figures: named axes, log scale for the loss, residuals under the fit, parity for several features."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gradfit import plots
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """Keep the figures instead of saving them."""
+    figs = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.append(fig))
+    return figs
+
+
+def test_loss_plot_is_log_scale_with_both_sets(captured):
+    plots._draw_loss("x.png", [1, 2, 3], [1.0, 0.1, 0.01], [1.2, 0.2, 0.05], "huber")
+    ax = captured[0].axes[0]
+    assert ax.get_xlabel() == "epoch" and ax.get_ylabel() == "huber loss"
+    assert ax.get_yscale() == "log"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["train", "validation"]
+
+
+def test_fit_plot_has_residual_panel_named_by_columns(captured):
+    x = np.linspace(0, 1, 20)
+    y = 2 * x
+    is_train = np.arange(20) % 5 != 0
+    plots._draw_fit("x.png", x, y, is_train, x, 2 * x, y - 2 * x, "size m²", "price", "price = 2*size m²")
+    top, bottom = captured[0].axes
+    assert top.get_ylabel() == "price" and top.get_title() == "price = 2*size m²"
+    assert bottom.get_xlabel() == "size m²" and bottom.get_ylabel() == "residual"
+    assert [t.get_text() for t in top.get_legend().get_texts()] == ["train", "held out", "fit"]
+
+
+def test_parity_plot_axes(captured):
+    y = np.arange(10.0)
+    plots._draw_parity("x.png", y, y + 0.1, "price_k", "validation rows")
+    ax = captured[0].axes[0]
+    assert ax.get_xlabel() == "actual price_k" and ax.get_ylabel() == "predicted price_k"
+
+
+def test_run_writes_readable_pngs(tmp_path):
+    import matplotlib.image as mpimg
+
+    from conftest import CONFIGS
+    from gradfit.api import train
+    from gradfit.config import load_config
+
+    for name in ("quadratic.yaml", "multi.yaml"):
+        run = train(load_config(CONFIGS / name, ["train.epochs=30"]), out=tmp_path / name)
+        for png in ("loss.png", "fit.png"):
+            img = mpimg.imread(run.run_dir / png)
+            assert img.shape[0] > 300 and img.shape[1] > 400

@@ -173,3 +173,18 @@ def test_plain_gradient_descent_stops_after_three_calm_epochs(monkeypatch):
                                   fastopt.SGD(LinearHead(3, True, torch.float64).parameters(), lr=0.1, momentum=0.9))
     assert not training._monotone(LinearHead(3, True, torch.float64), F.l1_loss,
                                   fastopt.SGD(LinearHead(3, True, torch.float64).parameters(), lr=0.1))
+
+
+def test_lbfgs_takes_short_epochs_on_large_designs(tmp_path, monkeypatch):
+    from gradfit import optim
+
+    cfg = _cfg(tmp_path, optimizer={"kind": "lbfgs"})
+    small = optim.plan(cfg, torch.zeros(100, 3))
+    assert small.iters_per_epoch == optim.LBFGS_ITERS_PER_EPOCH == 20
+    monkeypatch.setattr(optim, "LBFGS_LARGE_DESIGN_VALUES", 300)
+    large = optim.plan(cfg, torch.zeros(100, 3))
+    assert large.iters_per_epoch == optim.LBFGS_LARGE_ITERS_PER_EPOCH
+    assert optim.plan(_cfg(tmp_path), torch.randn(100, 3, dtype=torch.float64)).iters_per_epoch == 20  # sgd: unused
+    # A run with short epochs still ends at the least-squares fit.
+    run = api.train(cfg, write=False)
+    assert run.metrics["exact"]["gap"] < 1e-10 and run.metrics["stop_reason"] == "tolerance"

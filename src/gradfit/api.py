@@ -245,7 +245,7 @@ def _train_prepared(prep: Prepared, run_dir, fresh, state, history, on_epoch, sh
     try:
         if on_start is not None:
             on_start(prep)
-        opt = optim.make_optimizer(cfg, model.head.parameters(), prep.plan.lr, prep.device)
+        opt = optim.make_optimizer(cfg, model.head.parameters(), prep.plan.lr, prep.device, prep.plan.iters_per_epoch)
         gen = generator(cfg.seed, STREAM_BATCH)
         if state is not None:
             rs.restore(state, model.head, opt, gen)

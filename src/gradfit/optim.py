@@ -21,6 +21,12 @@ from gradfit.errors import ConfigError
 # One L-BFGS "epoch" is one optimizer.step(): up to this many iterations, each with its line
 # search (the curvature memory carries over from one step to the next).
 LBFGS_ITERS_PER_EPOCH = 20
+# On a large design every iteration is at least one pass over it, and most of the time: epochs
+# of a few iterations let the stopping rule (training.fit) end the run within a few passes of
+# convergence instead of up to 3 x 20 iterations after it (repeated points cost no pass: see
+# fastopt.LinearMSE). Small designs (NIST's) keep 20.
+LBFGS_LARGE_DESIGN_VALUES = 1 << 22
+LBFGS_LARGE_ITERS_PER_EPOCH = 4
 
 
 @dataclass
@@ -28,6 +34,7 @@ class OptimizerPlan:
     kind: str
     lr: float
     lr_rule: str  # how lr was chosen: "given", "auto: 1.8/L (L=...)", ...
+    iters_per_epoch: int = LBFGS_ITERS_PER_EPOCH  # lbfgs: iterations per optimizer.step()
 
 
 def largest_hessian_eigenvalue(Z: torch.Tensor, intercept: bool, loss_kind: str, chunk: int = 1 << 14, reduce=None) -> float:
@@ -48,7 +55,16 @@ def largest_hessian_eigenvalue(Z: torch.Tensor, intercept: bool, loss_kind: str,
 
 
 def plan(cfg, Z_train: torch.Tensor | None, reduce=None) -> OptimizerPlan:
-    """Resolve the learning rate of a config (``auto`` or a number)."""
+    """Resolve the learning rate of a config (``auto`` or a number), and lbfgs's iterations per epoch."""
+    p = _plan(cfg, Z_train, reduce)
+    if p.kind == "lbfgs" and Z_train is not None:
+        values = Z_train.numel() if reduce is None else reduce(Z_train.numel())  # every rank: the same count
+        if values >= LBFGS_LARGE_DESIGN_VALUES:
+            p.iters_per_epoch = LBFGS_LARGE_ITERS_PER_EPOCH
+    return p
+
+
+def _plan(cfg, Z_train: torch.Tensor | None, reduce=None) -> OptimizerPlan:
     oc = cfg.optimizer
     kind = oc.kind
     model_kind = cfg.model.kind
@@ -69,7 +85,7 @@ def plan(cfg, Z_train: torch.Tensor | None, reduce=None) -> OptimizerPlan:
     return OptimizerPlan(kind, 1.0, f"auto: 1 for {kind}")
 
 
-def make_optimizer(cfg, params, lr: float, device: torch.device):
+def make_optimizer(cfg, params, lr: float, device: torch.device, iters_per_epoch: int = LBFGS_ITERS_PER_EPOCH):
     """An optimizer for the parameters (fused/foreach kernels where they apply).
 
     sgd, adam and adamw are gradfit's own (fastopt.py): the arithmetic of torch.optim's,
@@ -95,7 +111,7 @@ def make_optimizer(cfg, params, lr: float, device: torch.device):
         # parameters, where the loss can no longer show a decrease (see gradfit.lbfgs).
         from gradfit.lbfgs import LBFGS
 
-        return LBFGS(params, lr=lr, max_iter=LBFGS_ITERS_PER_EPOCH, history_size=oc.history_size or 100)
+        return LBFGS(params, lr=lr, max_iter=iters_per_epoch, history_size=oc.history_size or 100)
     if oc.kind == "lm":
         # Levenberg-Marquardt on the residuals (gradfit.lm); the loop calls its iterate().
         from gradfit.lm import LevenbergMarquardt

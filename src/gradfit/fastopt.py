@@ -464,6 +464,8 @@ def shuffled_batches(
 
 # ---------------------------------------------------------------- MLP + MSE by hand
 
+_MLP_ACTIVATIONS = {"ReLU": "relu", "Tanh": "tanh"}  # activation modules MLPMSE differentiates by hand
+
 
 class MLPMSE:
     """Loss and gradient of ``mean((head(Z) - y)^2)`` for an ``MLPHead`` (Linear layers, ReLU or tanh), without autograd.
@@ -478,12 +480,11 @@ class MLPMSE:
     call, as ``loss.backward()`` after ``zero_grad`` would leave them) and returns the loss.
     """
 
-    ACTIVATIONS = {"ReLU": "relu", "Tanh": "tanh"}
 
     def __init__(self, head):
         mods = list(head.net)
         self.linears = mods[0::2]
-        self.acts = [self.ACTIVATIONS[type(m).__name__] for m in mods[1::2]]
+        self.acts = [_MLP_ACTIVATIONS[type(m).__name__] for m in mods[1::2]]
         self.params = [p for lin in self.linears for p in (lin.weight, lin.bias)]
         self.grads = [torch.empty_like(p) for p in self.params]  # contiguous, as the fused Adam kernel needs
 
@@ -499,7 +500,7 @@ class MLPMSE:
         return (
             len(mods) % 2 == 1
             and all(type(m) is linear and m.bias is not None for m in mods[0::2])
-            and all(type(m).__name__ in MLPMSE.ACTIVATIONS and type(m).__module__.startswith("torch.nn") for m in mods[1::2])
+            and all(type(m).__name__ in _MLP_ACTIVATIONS and type(m).__module__.startswith("torch.nn") for m in mods[1::2])
             and mods[-1].out_features == 1
             and not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in [head, head.net, *mods])
         )

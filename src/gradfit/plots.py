@@ -16,6 +16,7 @@ tests, or one that failed) the figures are drawn in this process, with the same 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -111,8 +112,8 @@ def _draw(kind: str, path: str, args: dict) -> None:
 def loss_plot(path: Path, history, loss_name: str) -> None:
     """Training and validation loss per epoch, log scale."""
     val = [r.val_loss for r in history] if any(r.val_loss is not None for r in history) else None
-    _submit("loss", path, dict(epochs=[r.epoch for r in history], train=[r.train_loss for r in history], val=val,
-                               loss_name=loss_name))
+    _submit("loss", path, {"epochs": [r.epoch for r in history], "train": [r.train_loss for r in history],
+                           "val": val, "loss_name": loss_name})
 
 
 def fit_plot(path: Path, x, y, is_train, predict, feature: str, target: str, title: str) -> None:
@@ -123,22 +124,23 @@ def fit_plot(path: Path, x, y, is_train, predict, feature: str, target: str, tit
     y = np.asarray(y)
     is_train = np.asarray(is_train, dtype=bool)
     grid = np.linspace(x.min(), x.max(), 400)
-    _submit("fit", path, dict(x=x, y=y, is_train=is_train, grid=grid, grid_pred=np.asarray(predict(grid[:, None])),
-                              resid=y - predict(x[:, None]), feature=feature, target=target, title=title))
+    _submit("fit", path, {"x": x, "y": y, "is_train": is_train, "grid": grid,
+                          "grid_pred": np.asarray(predict(grid[:, None])), "resid": y - predict(x[:, None]),
+                          "feature": feature, "target": target, "title": title})
 
 
 def parity_plot(path: Path, y, pred, target: str, title: str) -> None:
     """Several features: predicted against actual."""
     import numpy as np
 
-    _submit("parity", path, dict(y=np.asarray(y), pred=np.asarray(pred), target=target, title=title))
+    _submit("parity", path, {"y": np.asarray(y), "pred": np.asarray(pred), "target": target, "title": title})
 
 
 def prepare() -> None:
     """Import matplotlib ahead of the end of a run (an interrupt then saves quickly); a helper already does."""
     if _helper is None:
-        from matplotlib.backends import backend_agg  # noqa: F401
         from matplotlib import figure  # noqa: F401
+        from matplotlib.backends import backend_agg  # noqa: F401
 
 
 # ---------------------------------------------------------------- the helper process
@@ -177,17 +179,15 @@ class _Helper:
             self.proc.stdin.write(b"null\n")
             out, _ = self.proc.communicate(timeout=HELPER_TIMEOUT)  # flushes and closes its stdin
             done = dict(json.loads(out)) if self.proc.returncode == 0 else {}
-        except Exception:  # any failure of the helper: the figures are drawn here instead
+        except (OSError, ValueError, subprocess.TimeoutExpired):  # the helper failed: figures drawn here instead
             self.kill()
         return [job for job in self.jobs if job[1] not in done or done[job[1]] is not None]
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-        try:
+        with contextlib.suppress(OSError, ValueError, subprocess.TimeoutExpired):
             self.proc.communicate(timeout=10)
-        except Exception:
-            pass
 
 
 _helper: Optional[_Helper] = None
@@ -305,7 +305,7 @@ def _serve() -> None:
         try:
             _draw(kind, path, args)
             results.append((path, None))
-        except Exception as exc:  # reported; the parent draws this figure itself
+        except Exception as exc:  # noqa: BLE001 - any failure is reported; the parent draws this figure itself
             results.append((path, f"{type(exc).__name__}: {exc}"))
     for pid, path in children.items():
         _, status = os.waitpid(pid, 0)

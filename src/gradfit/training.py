@@ -18,7 +18,7 @@ from typing import Callable, Optional
 import torch
 
 from gradfit.errors import TrainingError
-from gradfit.fastopt import SMALL_BATCH_VALUES, LinearMSE, MLPMSE, shuffled_batches, single_threaded
+from gradfit.fastopt import MLPMSE, SMALL_BATCH_VALUES, LinearMSE, shuffled_batches, single_threaded
 
 # How many consecutive epochs the loss must change by at most ``tol`` (relative) to stop.
 TOL_WINDOW = {"lbfgs": 3, "lm": 3}
@@ -170,7 +170,7 @@ def fit(
     # An MLP (ReLU/tanh) with MSE: the same gradients as autograd's, without the graph (fastopt.MLPMSE).
     mlp_step = MLPMSE(head) if dist is None and stream is None and MLPMSE.applies(head, loss_fn, data.Z) else None
     if mlp_step is not None and (full_batch or kind == "lbfgs"):
-        closure = functools.partial(mlp_step, data.Z, data.y)  # noqa: F811
+        closure = functools.partial(mlp_step, data.Z, data.y)
 
     epoch = start_epoch
     for epoch in range(start_epoch + 1, epochs + 1):

@@ -17,7 +17,7 @@ from gradfit import losses, optim
 from gradfit.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from gradfit.distributed import SINGLE, Dist
 from gradfit.config import Config, dump_yaml
-from gradfit.data import STREAM_BATCH, STREAM_INIT, Dataset, Split, generator, load_dataset, split_rows
+from gradfit.data import STREAM_BATCH, STREAM_INIT, STREAM_SPLIT, Dataset, Split, generator, load_dataset, split_rows
 from gradfit.errors import GradfitError, TrainingError
 from gradfit.exact import exact_least_squares
 from gradfit.metrics import regression_metrics
@@ -379,10 +379,14 @@ def write_run(run: RunResult, prep: Prepared) -> None:
     title = run.coefficients.get("equation") or f"{cfg.model.kind} model of {ds.target_name}"
     if len(ds.feature_names) == 1:
         predict = lambda x: model.predict(x).numpy()  # noqa: E731
-        plots.fit_plot(d / "fit.png", ds.X[:, 0].numpy(), ds.y.numpy(), is_train.numpy(), predict,
+        # A scatter of millions of points says no more than a few thousand and takes seconds to draw.
+        # The rows of the smallest and largest x stay, so that the curve spans all the data.
+        ends = torch.stack([ds.X[:, 0].argmin(), ds.X[:, 0].argmax()])
+        rows = torch.cat([_plot_rows(torch.arange(ds.n_rows), cfg.seed), ends]).unique()
+        plots.fit_plot(d / "fit.png", ds.X[rows, 0].numpy(), ds.y[rows].numpy(), is_train[rows].numpy(), predict,
                        ds.feature_names[0], ds.target_name, _short(title))
     else:
-        idx = split.val if split.val.numel() else split.train
+        idx = _plot_rows(split.val if split.val.numel() else split.train, cfg.seed)
         plots.parity_plot(d / "fit.png", ds.y[idx].numpy(), predict_rows(model, ds.X, idx).numpy(), ds.target_name,
                           "validation rows" if split.val.numel() else "training rows")
     cfg_dict = resolved_config_dict(cfg)
@@ -403,6 +407,18 @@ def write_run(run: RunResult, prep: Prepared) -> None:
     plots.wait()  # the figures drawn by a helper process (plots.start_helper) are written
     # metrics.json last: its presence says the run is complete.
     write_json(d / "metrics.json", run.metrics)
+
+
+# The most points a figure scatters; larger data is drawn from a seeded sample of its rows.
+PLOT_POINTS = 5000
+
+
+def _plot_rows(rows: torch.Tensor, seed: int) -> torch.Tensor:
+    """At most PLOT_POINTS of ``rows`` (a seeded sample, in order), all of them when fewer."""
+    if rows.numel() <= PLOT_POINTS:
+        return rows
+    pick = torch.randperm(rows.numel(), generator=generator(seed, STREAM_SPLIT))[:PLOT_POINTS].sort().values
+    return rows[pick]
 
 
 def _short(s: str, n: int = 70) -> str:

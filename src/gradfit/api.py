@@ -17,7 +17,7 @@ from gradfit import losses, optim
 from gradfit.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from gradfit.distributed import SINGLE, Dist
 from gradfit.config import Config, dump_yaml
-from gradfit.data import STREAM_BATCH, STREAM_INIT, STREAM_SPLIT, Dataset, Split, generator, load_dataset, split_rows
+from gradfit.data import STREAM_BATCH, STREAM_INIT, STREAM_PLOT, Dataset, Split, generator, load_dataset, split_rows
 from gradfit.errors import GradfitError, TrainingError
 from gradfit.exact import exact_least_squares
 from gradfit.metrics import regression_metrics
@@ -417,7 +417,7 @@ def _plot_rows(rows: torch.Tensor, seed: int) -> torch.Tensor:
     """At most PLOT_POINTS of ``rows`` (a seeded sample, in order), all of them when fewer."""
     if rows.numel() <= PLOT_POINTS:
         return rows
-    pick = torch.randperm(rows.numel(), generator=generator(seed, STREAM_SPLIT))[:PLOT_POINTS].sort().values
+    pick = torch.randperm(rows.numel(), generator=generator(seed, STREAM_PLOT))[:PLOT_POINTS].sort().values
     return rows[pick]
 
 

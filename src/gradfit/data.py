@@ -27,7 +27,7 @@ from gradfit.config import Config, DataConfig, SyntheticLinear, SyntheticPolynom
 from gradfit.errors import DataError
 
 # Independent random streams derived from the one seed.
-STREAM_DATA, STREAM_SPLIT, STREAM_INIT, STREAM_BATCH = 0, 1, 2, 3
+STREAM_DATA, STREAM_SPLIT, STREAM_INIT, STREAM_BATCH, STREAM_PLOT = 0, 1, 2, 3, 4
 
 
 def generator(seed: int, stream: int) -> torch.Generator:

@@ -64,15 +64,17 @@ def _draw_loss(path, epochs, train, val, loss_name) -> None:
 def _draw_fit(path, x, y, is_train, grid, grid_pred, resid, feature, target, title) -> None:
     """One feature: data, fitted curve, and residuals below."""
     fig, (ax, axr) = _figure((7, 5.5), nrows=2, ncols=1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    ax.scatter(x[is_train], y[is_train], s=10, alpha=0.55, color="C0", label="train")
+    dense = len(x) > 1000  # thousands of points: small marks, so that neither set hides the other
+    ax.scatter(x[is_train], y[is_train], s=3 if dense else 10, alpha=0.4 if dense else 0.55, color="C0", label="train")
     if (~is_train).any():
-        ax.scatter(x[~is_train], y[~is_train], s=12, alpha=0.8, color="C1", marker="^", label="held out")
+        ax.scatter(x[~is_train], y[~is_train], s=4 if dense else 12, alpha=0.5 if dense else 0.8, color="C1",
+                   marker="^", label="held out")
     ax.plot(grid, grid_pred, color="k", lw=1.8, label="fit")
     ax.set_ylabel(target)
     ax.set_title(title)
     ax.legend()
     ax.grid(True, alpha=0.3)
-    axr.scatter(x, resid, s=8, alpha=0.6, color="C2")
+    axr.scatter(x, resid, s=3 if dense else 8, alpha=0.4 if dense else 0.6, color="C2")
     axr.axhline(0, color="k", lw=0.8)
     axr.set_xlabel(feature)
     axr.set_ylabel("residual")

@@ -236,7 +236,7 @@ def test_runs_table_sorted_by_val_r2(cli, three_runs):
     header = " ".join(lines[:2])
     for word in ("run", "epochs", "val", "train", "r2", "loss", "date"):
         assert word in header
-    assert "why training stopped:" in r.stdout and "max = epochs cap" in r.stdout
+    assert "stopped:" in r.stdout and "max = epochs cap" in r.stdout
     assert "skipped 1 incomplete run directory" in r.stderr and "crashed" in r.stderr
     reversed_ = cli("runs", three_runs, "--sort", "val.r2", "--reverse").stdout
     assert [l.split()[0] for l in reversed_.splitlines() if l.split() and l.split()[0] in expected] == expected[::-1]

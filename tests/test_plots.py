@@ -54,3 +54,34 @@ def test_run_writes_readable_pngs(tmp_path):
         for png in ("loss.png", "fit.png"):
             img = mpimg.imread(run.run_dir / png)
             assert img.shape[0] > 300 and img.shape[1] > 400
+
+
+def test_loss_plot_masks_zeros_and_marks_best_epoch(captured):
+    plots._draw_loss("x.png", [1, 2, 3, 4], [1.0, 0.1, 0.0, 0.0], [1.1, 0.2, 0.3, 0.4], "mse",
+                     title="q: mse loss per epoch", best_epoch=2)
+    ax = captured[0].axes[0]
+    assert ax.get_yscale() == "log" and ax.get_title() == "q: mse loss per epoch"  # an exact fit's zeros
+    assert "best epoch (2)" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_long_history_is_thinned_to_loss_points(monkeypatch):
+    from gradfit.training import EpochRecord
+
+    sent = {}
+    monkeypatch.setattr(plots, "_submit", lambda kind, path, args: sent.update(args))
+    n = 3 * plots.LOSS_POINTS + 7
+    history = [EpochRecord(epoch=i, train_loss=1.0 / i, val_loss=None, lr=0.1, seconds=0.0) for i in range(1, n + 1)]
+    plots.loss_plot("x.png", history, "mse")
+    assert len(sent["epochs"]) == plots.LOSS_POINTS
+    assert sent["epochs"][0] == 1 and sent["epochs"][-1] == n and sent["val"] is None
+    assert sent["epochs"] == sorted(set(sent["epochs"]))
+
+
+def test_parity_plot_states_r2_of_the_rows_drawn(captured):
+    y = np.arange(10.0)
+    pred = y + np.where(np.arange(10) % 2, 0.5, -0.5)
+    plots._draw_parity("x.png", y, pred, "price_k", "multi: predicted vs actual, validation rows")
+    ax = captured[0].axes[0]
+    r2 = 1 - np.sum((y - pred) ** 2) / np.sum((y - y.mean()) ** 2)  # 1 - 2.5/82.5
+    assert any(t.get_text().startswith(f"R² = {r2:.5g}") for t in ax.texts)
+    assert ax.get_title() == "multi: predicted vs actual, validation rows"

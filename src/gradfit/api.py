@@ -373,10 +373,11 @@ def write_run(run: RunResult, prep: Prepared) -> None:
 
     # The figures first: a helper process (plots.start_helper) draws them while the other files are written.
     if run.result.history:
-        plots.loss_plot(d / "loss.png", run.result.history, cfg.loss.kind)
+        best = run.metrics.get("best_epoch") if run.metrics["stop_reason"] == "early_stopping" else None
+        plots.loss_plot(d / "loss.png", run.result.history, cfg.loss.kind, f"{cfg.name}: {cfg.loss.kind} loss per epoch", best)
     is_train = torch.zeros(ds.n_rows, dtype=torch.bool)
     is_train[split.train] = True
-    title = run.coefficients.get("equation") or f"{cfg.model.kind} model of {ds.target_name}"
+    title = run.coefficients.get("equation") or run.coefficients.get("formula") or f"{cfg.model.kind} model of {ds.target_name}"
     if len(ds.feature_names) == 1:
         predict = lambda x: model.predict(x).numpy()  # noqa: E731
         # A scatter of millions of points says no more than a few thousand and takes seconds to draw.
@@ -388,7 +389,7 @@ def write_run(run: RunResult, prep: Prepared) -> None:
     else:
         idx = _plot_rows(split.val if split.val.numel() else split.train, cfg.seed)
         plots.parity_plot(d / "fit.png", ds.y[idx].numpy(), predict_rows(model, ds.X, idx).numpy(), ds.target_name,
-                          "validation rows" if split.val.numel() else "training rows")
+                          f"{cfg.name}: predicted vs actual, {'validation' if split.val.numel() else 'training'} rows")
     cfg_dict = resolved_config_dict(cfg)
     import yaml
 

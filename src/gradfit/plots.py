@@ -45,17 +45,19 @@ def _figure(figsize, **subplots):
     return fig, fig.subplots(**subplots)
 
 
-def _draw_loss(path, epochs, train, val, loss_name) -> None:
-    """Training and validation loss per epoch, log scale."""
+def _draw_loss(path, epochs, train, val, loss_name, title="Loss per epoch", best_epoch=None) -> None:
+    """Training and validation loss per epoch, log scale (zeros left out); the best epoch marked."""
     fig, ax = _figure((7, 4.2))
     ax.plot(epochs, train, label="train", color="C0", lw=1.6)
     if val is not None:
         ax.plot(epochs, val, label="validation", color="C1", lw=1.6)
-    if all(v > 0 for v in train) and len(train):
-        ax.set_yscale("log")
+    if any(v is not None and v > 0 for v in list(train) + list(val or [])):
+        ax.set_yscale("log", nonpositive="mask")  # an exact fit reaches 0: not drawn, the rest still readable
+    if best_epoch is not None:
+        ax.axvline(best_epoch, color="0.4", ls=":", lw=1.2, label=f"best epoch ({best_epoch})")
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"{loss_name} loss")
-    ax.set_title("Loss per epoch")
+    ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     _save(fig, path)
@@ -74,7 +76,10 @@ def _draw_fit(path, x, y, is_train, grid, grid_pred, resid, feature, target, tit
     ax.set_title(title)
     ax.legend()
     ax.grid(True, alpha=0.3)
-    axr.scatter(x, resid, s=3 if dense else 8, alpha=0.4 if dense else 0.6, color="C2")
+    axr.scatter(x[is_train], resid[is_train], s=3 if dense else 8, alpha=0.4 if dense else 0.6, color="C0")
+    if (~is_train).any():  # held-out rows in the colour and mark they have above
+        axr.scatter(x[~is_train], resid[~is_train], s=4 if dense else 10, alpha=0.5 if dense else 0.8, color="C1",
+                    marker="^")
     axr.axhline(0, color="k", lw=0.8)
     axr.set_xlabel(feature)
     axr.set_ylabel("residual")
@@ -84,10 +89,18 @@ def _draw_fit(path, x, y, is_train, grid, grid_pred, resid, feature, target, tit
 
 def _draw_parity(path, y, pred, target, title) -> None:
     """Several features: predicted against actual."""
+    import numpy as np
+
     fig, ax = _figure((5.5, 5.5))
-    ax.scatter(y, pred, s=8, alpha=0.5)
+    ax.scatter(y, pred, s=3 if len(y) > 1000 else 10, alpha=0.5, color="C0")
     lo, hi = float(min(y.min(), pred.min())), float(max(y.max(), pred.max()))
-    ax.plot([lo, hi], [lo, hi], color="k", lw=1)
+    ax.plot([lo, hi], [lo, hi], color="k", lw=1, label="predicted = actual")
+    ss = float(np.sum((y - y.mean()) ** 2))
+    if len(y) > 1 and ss > 0:
+        r2 = 1 - float(np.sum((y - pred) ** 2)) / ss
+        ax.text(0.04, 0.96, f"R² = {r2:.5g}  ({len(y)} rows)", transform=ax.transAxes, va="top",
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.8"})
+    ax.legend(loc="lower right")
     ax.set_xlabel(f"actual {target}")
     ax.set_ylabel(f"predicted {target}")
     ax.set_title(title)
@@ -111,11 +124,19 @@ def _draw(kind: str, path: str, args: dict) -> None:
 # ---------------------------------------------------------------- the public functions
 
 
-def loss_plot(path: Path, history, loss_name: str) -> None:
-    """Training and validation loss per epoch, log scale."""
+# The most epochs a loss curve draws; a longer history is drawn from evenly spaced epochs.
+LOSS_POINTS = 5000
+
+
+def loss_plot(path: Path, history, loss_name: str, title: str = "Loss per epoch", best_epoch=None) -> None:
+    """Training and validation loss per epoch, log scale (at most LOSS_POINTS epochs, first and last kept)."""
+    n = len(history)
+    if n > LOSS_POINTS:
+        step = (n - 1) / (LOSS_POINTS - 1)
+        history = [history[round(i * step)] for i in range(LOSS_POINTS)]
     val = [r.val_loss for r in history] if any(r.val_loss is not None for r in history) else None
     _submit("loss", path, {"epochs": [r.epoch for r in history], "train": [r.train_loss for r in history],
-                           "val": val, "loss_name": loss_name})
+                           "val": val, "loss_name": loss_name, "title": title, "best_epoch": best_epoch})
 
 
 def fit_plot(path: Path, x, y, is_train, predict, feature: str, target: str, title: str) -> None:

@@ -257,8 +257,8 @@ def schema() -> None:
 # ---------------------------------------------------------------- runs
 
 
-_STOP = {"max_epochs": "max", "tolerance": "tol", "early_stopping": "early", "interrupted": "intr"}
-_STOP_WORDS = {"max": "epochs cap", "tol": "tolerance met", "early": "early stopping", "intr": "interrupted"}
+_STOP = {"max_epochs": "max", "tolerance": "tol", "early_stopping": "es", "interrupted": "int"}
+_STOP_WORDS = {"max": "epochs cap", "tol": "tolerance met", "es": "early stopping", "int": "interrupted"}
 
 
 @app.command()
@@ -330,6 +330,12 @@ def runs_table(records: list[dict], sort: str, width: int = 80):
         cells.append(date[5:16].replace("T", " ") if date.startswith(this_year) else date[:10])
         rows.append(cells)
     natural = [max([len(line) for line in h.split("\n")] + [len(row[i]) for row in rows]) for i, h in enumerate(columns)]
+    if sum(natural[1:]) + len(columns) - 1 + min(natural[0], 10) > width:
+        # Too narrow (runs that differ in model, loss and optimizer): the time of today's runs, the day of older ones.
+        today = _today()
+        for row, r in zip(rows, records):
+            row[-1] = r["date"][11:16] if r["date"][:10] == today else r["date"][:10]
+        natural[-1] = max([4] + [len(row[-1]) for row in rows])
     # The run names take what the other columns leave (one space between columns), at least 6.
     run_width = max(6, min(natural[0], width - sum(natural[1:]) - (len(columns) - 1)))
 
@@ -337,7 +343,7 @@ def runs_table(records: list[dict], sort: str, width: int = 80):
     said += [f"{k} {shared[k]}" for k in ("loss", "optimizer") if k in shared]
     stops = sorted({row[columns.index("epochs")].split()[-1] for row in rows} & set(_STOP_WORDS))
     caption = (["all runs: " + ", ".join(said)] if said else []) + (
-        ["why training stopped: " + ", ".join(f"{s} = {_STOP_WORDS[s]}" for s in stops)] if stops else [])
+        ["stopped: " + ", ".join(f"{s} = {_STOP_WORDS[s]}" for s in stops)] if stops else [])
     table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True,
                   header_style="bold", caption="\n".join(caption) or None, caption_justify="left")
     for i, header in enumerate(columns):
@@ -347,6 +353,12 @@ def runs_table(records: list[dict], sort: str, width: int = 80):
     for cells in rows:
         table.add_row(*cells)
     return table
+
+
+def _today() -> str:
+    import datetime
+
+    return datetime.date.today().isoformat()
 
 
 def _now_year() -> int:

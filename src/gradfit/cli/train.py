@@ -34,8 +34,38 @@ def metrics_table(metrics: dict):
     for name in ("train", "val", "test"):
         m = metrics.get(name)
         if m:
-            table.add_row(name, *(fmt(m[k], 5) for k in METRIC_KEYS))
+            table.add_row(name, *(fmt_r2(m[k]) if k == "r2" else fmt(m[k], 5) for k in METRIC_KEYS))
     return table
+
+
+def fmt_r2(v) -> str:
+    """R^2 to 5 significant digits, trailing zeros kept: 0.999999999997 shows as 1.0000, not as a bare 1."""
+    return fmt(v) if not isinstance(v, float) else f"{v:#.5g}"
+
+
+def wrap_equation(eq: str, width: int = 80, max_lines: int = 8) -> list[str]:
+    """An equation cut into lines of at most ``width`` between its terms (before ' + ' and ' - ').
+
+    Continuation lines are indented under the first term; past ``max_lines`` the rest is
+    counted, not shown (coefficients.json has every term).
+    """
+    import re
+
+    head, sep, rhs = eq.partition(" = ")
+    if not sep:
+        return [eq]
+    terms = re.split(r" (?=[+-] )", rhs)
+    indent = " " * (len(head) + 3 if len(head) + 3 <= width // 2 else 4)
+    lines = [f"{head} = {terms[0]}"]
+    for i, term in enumerate(terms[1:], start=1):
+        if len(lines[-1]) + 1 + len(term) <= width:
+            lines[-1] += " " + term
+        elif len(lines) == max_lines:
+            lines.append(f"{indent}... and {len(terms) - i} more terms (coefficients.json has them all)")
+            break
+        else:
+            lines.append(indent + term)
+    return lines
 
 
 class Progress:
@@ -207,19 +237,27 @@ def render_summary(console, run) -> None:
         + ("" if run.config.optimizer.kind == "lm" else f" (lr {fmt(m['lr'], 4)})")  # lm: no learning rate
         + f" on {m['device']}"
     )
+    if m.get("best_epoch") is not None and m["stop_reason"] == "early_stopping":
+        reason += f", best epoch {m['best_epoch']}"
     console.print(f"stopped after {m['epochs']} epochs ({reason}) in {m['seconds']:.2f} s")
     console.print(metrics_table(m))
     if "exact" in m:
         console.print(f"exact least squares: mse {fmt(m['exact']['loss'], 6)}, gap {m['exact']['gap']:.2e}")
     eq = run.coefficients.get("equation")
     if eq:
-        console.print(f"[bold]{eq}[/]", soft_wrap=True)
+        from rich.markup import escape
+
+        for line in wrap_equation(eq, max(40, console.width)):
+            console.print(f"[bold]{escape(line)}[/]", soft_wrap=True)
     elif run.coefficients.get("model") == "mlp":
         console.print(f"MLP with {run.coefficients['parameters']} parameters")
     elif run.coefficients.get("model") == "formula":
         console.print(f"[bold]{run.coefficients['formula']}[/]", soft_wrap=True)
     if "std_errors" in run.coefficients or run.coefficients.get("model") == "formula":
-        console.print(coefficient_table(run.coefficients))
+        table = coefficient_table(run.coefficients)
+        console.print(table)
+        for line in getattr(table, "notes", ()):
+            console.print(line, soft_wrap=True)
     console.print(f"run directory: {run.run_dir}", soft_wrap=True)
 
 
@@ -233,12 +271,30 @@ def coefficient_table(c: dict):
     table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
     for col in ("coefficient", "value", "std error", "95% interval"):
         table.add_column(col, justify="left" if col == "coefficient" else "right")
-    for k, v in values.items():
-        interval = f"[{fmt(ci[k][0])}, {fmt(ci[k][1])}]" if k in ci else "-"
+    table.notes = []  # lines printed under the table, left-aligned (a rich caption is centred)
+    for i, (k, v) in enumerate(values.items()):
+        if i == MAX_COEFFICIENT_ROWS:
+            table.notes.append(f"... and {len(values) - i} more coefficients in coefficients.json")
+            break
+        interval = fmt_interval(*ci[k]) if k in ci else "-"
         table.add_row(k, fmt(v, 10), fmt(se.get(k), 5), interval)
     if "residual_sd" in c:
-        table.caption = f"residual sd {fmt(c['residual_sd'])} on {c['dof']} degrees of freedom"
+        table.notes.append(f"residual sd {fmt(c['residual_sd'])} on {c['dof']} degrees of freedom")
     return table
+
+
+def fmt_interval(low, high) -> str:
+    """[low, high] with the fewest significant digits (6 to 12) that tell its ends apart."""
+    for digits in range(6, 13):
+        lo, hi = fmt(float(low), digits), fmt(float(high), digits)
+        if lo != hi:
+            break
+    if digits > 6:  # a narrow interval: keep trailing zeros, so both ends show the same digits
+        lo, hi = f"{float(low):#.{digits}g}", f"{float(high):#.{digits}g}"
+    return f"[{lo}, {hi}]"
+
+
+MAX_COEFFICIENT_ROWS = 20  # the summary's coefficient table; coefficients.json has them all
 
 
 def _rank() -> int:

@@ -45,6 +45,13 @@ def test_check_prints_resolved_config_with_defaults(cli):
     assert "valid" in r.stderr and "'y'" in r.stderr
 
 
+def test_check_prints_one_key_a_line(cli):
+    out = cli("check", CONFIGS / "multi.yaml").stdout
+    assert "  split:\n    val: 0.2\n    test: 0.1\n" in out  # sections as blocks
+    assert "  features: [size_m2, age_years, rooms, distance_km]\n" in out  # short lists on one line
+    assert max(map(len, out.splitlines())) <= 80
+
+
 def test_check_output_checks_again_to_the_same_text(cli, tmp_path):
     first = cli("check", CONFIGS / "multi.yaml").stdout
     out = tmp_path / "resolved.yaml"
@@ -155,6 +162,13 @@ def test_init_refuses_to_overwrite_without_force(cli, tmp_path):
     assert r.exit_code == 0 and path.read_text().startswith("# yaml-language-server")
 
 
+def test_init_names_the_run_after_the_file(cli, tmp_path):
+    assert cli("init", tmp_path / "my fit.yaml").exit_code == 0
+    assert yaml.safe_load((tmp_path / "my fit.yaml").read_text())["name"] == "my-fit"
+    assert cli("init", tmp_path / "gradfit.yaml", "--model", "mlp").exit_code == 0
+    assert yaml.safe_load((tmp_path / "gradfit.yaml").read_text())["name"] == "sine"  # the example's own name
+
+
 def test_init_bad_model_is_a_usage_error(cli, tmp_path):
     r = cli("init", tmp_path / "x.yaml", "--model", "forest")
     assert r.exit_code == 2 and not (tmp_path / "x.yaml").exists()
@@ -240,6 +254,30 @@ def test_runs_table_sorted_by_val_r2(cli, three_runs):
     assert "skipped 1 incomplete run directory" in r.stderr and "crashed" in r.stderr
     reversed_ = cli("runs", three_runs, "--sort", "val.r2", "--reverse").stdout
     assert [l.split()[0] for l in reversed_.splitlines() if l.split() and l.split()[0] in expected] == expected[::-1]
+
+
+def test_runs_table_fits_80_columns_when_every_setup_differs():
+    import io
+
+    from rich.console import Console
+
+    from gradfit.cli.inspect import runs_table
+
+    kinds = [("polynomial(2)", "mse", "adam"), ("linear", "huber", "lbfgs"), ("mlp", "mae", "sgd"), ("formula", "mse", "lm")]
+    records = [{"name": f"a-long-experiment-name-{i}", "model": m, "loss": lo, "optimizer": o, "epochs": 12345,
+                "stop_reason": "early_stopping", "train": {"r2": 0.123456, "loss": 1.23456e-14},
+                "val": {"r2": -0.5, "loss": 123456.7}, "date": "2020-01-01T12:34:56+00:00"}
+               for i, (m, lo, o) in enumerate(kinds)]
+    buf = io.StringIO()
+    Console(file=buf, width=80, no_color=True).print(runs_table(records, "val.r2", 80))
+    lines = buf.getvalue().splitlines()
+    assert max(map(len, lines)) <= 80
+    # the names cut in the middle: their ends, which tell the runs apart, stay
+    assert any(re.match(r"a-long-\S*…\S*name-0 +poly2 +mse +adam +12345 es ", line) for line in lines)
+    assert "es = early stopping" in buf.getvalue() and "dates left out" in buf.getvalue()
+    buf = io.StringIO()
+    Console(file=buf, width=120, no_color=True).print(runs_table(records, "val.r2", 120))
+    assert "2020-01-01" in buf.getvalue() and "a-long-experiment-name-3" in buf.getvalue()
 
 
 def test_runs_json(cli, three_runs):

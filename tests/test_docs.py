@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT
 
 # Output lines worth asserting (the rest carry timings and paths that vary).
-CHECKED = re.compile(r"^(y = |price_k = |error: |solved: |linear; |free direction|runs/|size_m2,|120,|80,)")
+CHECKED = re.compile(r"^(y = |price_k = |error: |solved: |linear; |free direction|runs/|size_m2,|120,|80,|wrote |next: )")
 
 
 def walkthrough() -> list[tuple[str, int, list[str]]]:

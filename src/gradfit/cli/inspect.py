@@ -32,11 +32,11 @@ def check(
     """
     from rich.markup import escape
 
-    from gradfit.config import dump_yaml, load_config
+    from gradfit.config import load_config
 
     cfg = load_config(config, set_)
     cfg, what = check_data(cfg)
-    sys.stdout.write(dump_yaml(cfg))
+    sys.stdout.write(readable_yaml(cfg.to_dict()))
     stderr_console().print(f"[green]ok:[/] {escape(str(config))} is valid; {escape(what)}", soft_wrap=True)
 
 
@@ -64,9 +64,27 @@ def check_data(cfg):
         return cfg, f"synthetic {syn.kind} data, {syn.n_samples} rows, features {', '.join(names)}"
     from gradfit.columns import read_columns, select_columns
 
+    import os
+
     path = cfg.resolved_data_path()
-    feats = select_columns(read_columns(path), dc.target, dc.features, path)
-    return cfg, f"{path} has the target {dc.target!r} and the features {', '.join(feats)}"
+    feats = select_columns(read_columns(path), dc.target, dc.features, path)  # errors word the path as train does
+    return cfg, f"{os.path.normpath(path)} has the target {dc.target!r} and the features {', '.join(feats)}"
+
+
+def readable_yaml(doc: dict) -> str:
+    """YAML for people: a block per section, one key a line; lists of plain values on one line."""
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def short_list(dumper, value):
+        flat = all(not isinstance(v, (dict, list, tuple)) for v in value)
+        return dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=flat)
+
+    Dumper.add_representer(list, short_list)
+    Dumper.add_representer(tuple, short_list)
+    return yaml.dump(doc, Dumper=Dumper, sort_keys=False, allow_unicode=True, default_flow_style=False)
 
 
 # ---------------------------------------------------------------- init
@@ -187,12 +205,22 @@ def example_config(kind: str, data_name: str, config_name: str) -> str:
     """The commented example config of one model kind."""
     early = _EARLY.get(kind, "  # early_stopping: {patience: 50}  # needs a validation split\n")
     body = _TEMPLATES[kind].format(data=f"{data_name} ".ljust(20))  # comments line up at column 28
-    name = body.split()[1]
+    name = _run_name(config_name) or body.split()[1]
+    first, rest = body.split("\n", 1)
+    body = f"name: {name} ".ljust(28) + first[first.index("#"):] + "\n" + rest
     return (
         _HEADER.format(what=_WHAT[kind].format(data=data_name), config=config_name)
         + body
         + _COMMON_TAIL.format(epochs=_EPOCHS[kind], early=early, name=name)
     )
+
+
+def _run_name(config_name: str) -> str | None:
+    """The run name for a config file: its stem as a directory name (my.yaml -> my), None for gradfit.yaml."""
+    import re
+
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(config_name).stem).lstrip("._-")[:100]
+    return None if stem in ("", "gradfit") else stem
 
 
 @app.command()
@@ -232,7 +260,9 @@ def init(
             raise GradfitError(f"cannot write {p}: {exc.strerror or exc}") from None
     console = stderr_console()
     console.print(f"wrote {escape(str(path))}" + (f" and its sample data {escape(str(data_path))}" if data_path else ""))
-    console.print(f"next: gradfit train {escape(str(path))}", soft_wrap=True)
+    import shlex
+
+    console.print(f"next: gradfit train {escape(shlex.quote(str(path)))}", soft_wrap=True)
 
 
 # ---------------------------------------------------------------- schema
@@ -336,13 +366,22 @@ def runs_table(records: list[dict], sort: str, width: int = 80):
         for row, r in zip(rows, records):
             row[-1] = r["date"][11:16] if r["date"][:10] == today else r["date"][:10]
         natural[-1] = max([4] + [len(row[-1]) for row in rows])
+    dropped = []
+    if sum(natural[1:]) + len(columns) - 1 + min(natural[0], 12) > width:
+        # Still too narrow: the run names matter more than their dates (which --json keeps).
+        columns, natural, rows = columns[:-1], natural[:-1], [row[:-1] for row in rows]
+        dropped.append("dates left out to fit the width (see --json)")
     # The run names take what the other columns leave (one space between columns), at least 6.
     run_width = max(6, min(natural[0], width - sum(natural[1:]) - (len(columns) - 1)))
+    for row in rows:  # cut long names in the middle: their ends (quadratic-2, -3, ...) tell runs apart
+        if len(row[0]) > run_width:
+            head = (run_width - 1) // 2
+            row[0] = row[0][:head] + "…" + row[0][len(row[0]) - (run_width - 1 - head):]
 
     said = [f"{_model(shared['model'])} model"] if "model" in shared else []
     said += [f"{k} {shared[k]}" for k in ("loss", "optimizer") if k in shared]
     stops = sorted({row[columns.index("epochs")].split()[-1] for row in rows} & set(_STOP_WORDS))
-    caption = (["all runs: " + ", ".join(said)] if said else []) + (
+    caption = dropped + (["all runs: " + ", ".join(said)] if said else []) + (
         ["stopped: " + ", ".join(f"{s} = {_STOP_WORDS[s]}" for s in stops)] if stops else [])
     table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True,
                   header_style="bold", caption="\n".join(caption) or None, caption_justify="left")

@@ -301,8 +301,9 @@ class LinearMSE:
       without reading Z.
     """
 
-    def __init__(self, head, Z: torch.Tensor, y: torch.Tensor, chunk_rows: Optional[int] = None):
+    def __init__(self, head, Z: torch.Tensor, y: torch.Tensor, chunk_rows: Optional[int] = None, remember: bool = True):
         self.head, self.Z, self.y = head, Z, y
+        self.remember = remember  # keep the last point's loss and gradient (L-BFGS asks for it again)
         n, m = Z.shape
         self.n = n
         on_cpu = Z.device.type == "cpu"
@@ -324,6 +325,7 @@ class LinearMSE:
              for i in range(a, b, c)]
             for a, b in self.parts
         ]
+        self.rows = [(y[a:b], self.t[a:b], self.r[a:b]) for a, b in self.parts]  # each part's y, y - b, r
         self._last = None  # (weights, bias, loss, grad w, grad b) of the last call
 
     @staticmethod
@@ -343,22 +345,22 @@ class LinearMSE:
 
     def _part(self, p: int, w, b, grad: bool):
         """Residuals of part p's rows into ``self.r``; (Z_p^T r_p or None, r_p.r_p, sum r_p)."""
-        lo, hi = self.parts[p]
+        y, t, r = self.rows[p]
         if b is not None:
-            torch.sub(self.y[lo:hi], b, out=self.t[lo:hi])
-        g = torch.zeros_like(w) if grad else None
-        for Zc, ZcT, tc, rc in self.views[p]:
+            torch.sub(y, b, out=t)
+        views = self.views[p]
+        g = None
+        for Zc, ZcT, tc, rc in views:
             torch.addmv(tc, Zc, w, beta=-1, out=rc)  # Z_c w - (y_c - b)
-            if grad:
-                g.addmv_(ZcT, rc)  # (m,) += Z_c^T r_c, Z_c still in cache
-        r = self.r[lo:hi]
+            if grad:  # (m,) += Z_c^T r_c, Z_c still in cache
+                g = torch.mv(ZcT, rc) if g is None else g.addmv_(ZcT, rc)
         return g, torch.dot(r, r), (r.sum() if b is not None else None)
 
     def residuals(self, *, grad: bool):
         """Fill ``self.r`` with Z w + b - y; returns (Z^T r or None, r.r, sum r or None)."""
         w = self.head.weight.detach()
         b = self.head.bias.detach() if self.head.bias is not None else None
-        if self.Z.device.type != "cpu":
+        if self.Z.device.type != "cpu" or (len(self.parts) == 1 and torch.get_num_threads() == 1):
             return self._part(0, w, b, grad)
         if len(self.parts) == 1:
             with single_threaded():
@@ -396,7 +398,7 @@ class LinearMSE:
     @torch.no_grad()
     def __call__(self) -> torch.Tensor:
         head, n = self.head, self.n
-        if self._same_point():
+        if self.remember and self._same_point():
             _, _, loss, gw, gb = self._last
             head.weight.grad = gw.clone()
             if head.bias is not None:
@@ -406,15 +408,16 @@ class LinearMSE:
         head.weight.grad = gw.mul_(2.0 / n)
         if head.bias is not None:
             head.bias.grad = rs.mul_(2.0 / n)
-        loss = rr / n
-        self._last = (head.weight.detach().clone(), None if head.bias is None else head.bias.detach().clone(),
-                      loss.clone(), head.weight.grad.clone(), None if head.bias is None else head.bias.grad.clone())
+        loss = rr.div_(n)
+        if self.remember:
+            self._last = (head.weight.detach().clone(), None if head.bias is None else head.bias.detach().clone(),
+                          loss.clone(), head.weight.grad.clone(), None if head.bias is None else head.bias.grad.clone())
         return loss
 
     @torch.no_grad()
     def loss(self) -> torch.Tensor:
         """The loss alone (one pass, no gradient)."""
-        return self.residuals(grad=False)[1] / self.n
+        return self.residuals(grad=False)[1].div_(self.n)
 
 
 def column_major(Z: torch.Tensor) -> bool:

@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from gradfit.cli import app, stdout_console, user_errors
+from gradfit.cli import app, imports_done, stdout_console, user_errors
 from gradfit.errors import EquationError, SolveError
 
 
@@ -76,6 +76,7 @@ def solve_equations(
     """
     from gradfit.equations import read_equation_file, solve
 
+    imports_done()
     for text in equations or []:
         if re.match(r"--[A-Za-z]", text):
             raise typer.BadParameter(f"no such option: {text.split('=')[0]}")

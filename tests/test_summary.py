@@ -38,7 +38,16 @@ def test_wrap_equation_counts_what_it_leaves_out():
 def test_numbers_keep_the_digits_that_matter():
     assert fmt_r2(0.999999999997) == "1.0000" and fmt_r2(0.99832) == "0.99832" and fmt_r2(None) == "-"
     assert fmt_interval(233.044, 244.84) == "[233.044, 244.84]"
-    assert fmt_interval(2.99999991, 3.00000000) == "[2.9999999, 3.0000000]"  # not [3, 3]
+    assert fmt_interval(2.99999991, 3.00000000) == "[2.99999991, 3.00000000]"  # not [3, 3]
+    # Rounded outward, to a last place no wider than the interval: it contains the computed one
+    # ([2.999999, 3.000000] would claim ten times the width and 3 inside).
+    assert fmt_interval(2.99999947, 2.99999964) == "[2.9999994, 2.9999997]"
+    assert fmt_interval(-5.5, -1.25) == "[-5.5, -1.25]"
+    assert fmt_interval(12345678.9, 12345690.1) == "[12345670, 12345700]"
+    assert fmt_interval(1.2e-9, 3.4e-9) == "[1.2e-09, 3.4e-09]"
+    for lo, hi in [(0.1234567, 0.1234569), (-7.77777, 9.99999), (1e5 + 0.3, 1e5 + 0.9)]:
+        a, b = (float(t) for t in fmt_interval(lo, hi).strip("[]").split(", "))
+        assert a <= lo < hi <= b
 
 
 def test_summary_fits_80_columns_and_names_the_features(tmp_path):

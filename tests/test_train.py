@@ -32,6 +32,27 @@ def test_quadratic_example_recovers_3_2_1(tmp_path):
     assert saved["equation"] == c["equation"]
 
 
+def test_exact_fit_stops_at_the_rounding_level(tmp_path):
+    """float32 Adam on exact data: the loss reaches the target's rounding noise, where it jumps by
+    large relative amounts; the run stops there (tolerance) instead of running on to max_epochs."""
+    run = train(load_config(CONFIGS / "quadratic.yaml"), write=False)
+    m = run.metrics
+    assert m["stop_reason"] == "tolerance" and m["converged"] is True
+    assert m["epochs"] < 600  # the answer is reached by about epoch 300 of the 2000 allowed
+    # ... and not before the rounding level: every coefficient to float32 precision
+    assert m["exact"]["gap"] < 1e-12
+    c = run.coefficients
+    assert [c["intercept"], c["coefficients"]["x"], c["coefficients"]["x^2"]] == pytest.approx([3, 2, 1], rel=1e-6)
+    # the relative rule alone never fired: the last losses still change by far more than tol
+    tail = [r.train_loss for r in run.result.history[-6:]]
+    assert max(tail) < 1e-12 and max(abs(a - b) / a for a, b in zip(tail, tail[1:])) > 1e-6
+
+
+def test_tol_zero_runs_every_epoch(tmp_path):
+    run = train(load_config(CONFIGS / "quadratic.yaml", ["train.tol=0", "train.epochs=700"]), write=False)
+    assert run.metrics["epochs"] == 700 and run.metrics["stop_reason"] == "max_epochs"
+
+
 def test_linear_csv_matches_numpy_lstsq(tmp_path):
     run = train(load_config(CONFIGS / "multi.yaml"), out=tmp_path / "m")
     df = pd.read_csv(DATA / "houses.csv")
@@ -227,3 +248,25 @@ def test_help_does_not_import_torch():
     code = "import sys; sys.argv=['gradfit','--help']\nfrom gradfit.cli import app\ntry:\n    app()\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip().endswith("False"), out.stdout + out.stderr
+
+
+GC_PROBE = """\
+import gc, sys
+from gradfit.__main__ import main
+from gradfit import cli
+sys.argv = ["gradfit", "train", sys.argv[1], "--out", sys.argv[2], "-q", "--set", "train.epochs=20"]
+try:
+    main()
+except SystemExit as exc:
+    assert not exc.code, exc.code
+print(gc.isenabled(), gc.get_freeze_count() > 10000, cli.GC_PAUSED)
+"""
+
+
+def test_entry_point_pauses_the_collector_only_for_start_up(tmp_path):
+    """gradfit.__main__ turns the cyclic collector off while torch loads; train turns it back on
+    (the imported objects frozen out of its way) before training."""
+    out = subprocess.run([sys.executable, "-c", GC_PROBE, str(CONFIGS / "quadratic.yaml"), str(tmp_path / "q")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-3:] == ["True", "True", "False"]

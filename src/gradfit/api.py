@@ -276,6 +276,7 @@ def _train_prepared(prep: Prepared, run_dir, fresh, state, history, on_epoch, sh
             batch_size=cfg.train.batch_size,
             tol=cfg.train.tol,
             loss_scale=y_scale ** loss.unit_power,
+            loss_power=loss.unit_power,
             lr=prep.plan.lr,
             generator=gen,
             early_stopping=cfg.train.early_stopping,

@@ -231,7 +231,7 @@ class EarlyStopping(_Strict):
 class TrainConfig(_Strict):
     epochs: int = Field(1000, ge=1, le=100_000_000, description="the most epochs to train (lbfgs: iterations of up to 20 steps)")
     batch_size: Optional[int] = Field(None, ge=1, description="null = full batch")
-    tol: float = Field(1e-9, ge=0, description="stop when the loss improves by less than this (relative)")
+    tol: float = Field(1e-9, ge=0, description="stop when the loss improves by less than this (relative); 0: never stop on it")
     early_stopping: Optional[EarlyStopping] = None
     checkpoint_every: Optional[int] = Field(None, ge=1, description="save a checkpoint every N epochs")
 

@@ -100,6 +100,7 @@ def fit(
     loss_scale: float,
     lr: float,
     generator: torch.Generator,
+    loss_power: int = 2,
     early_stopping=None,
     on_epoch: Optional[Callable[[EpochRecord], None]] = None,
     should_stop: Optional[Callable[[], bool]] = None,
@@ -133,8 +134,20 @@ def fit(
     window = TOL_WINDOW.get(kind, DEFAULT_TOL_WINDOW)
     if kind == "sgd" and full_batch and _monotone(head, loss_fn, optimizer):
         window = MONOTONE_TOL_WINDOW
+    # tol: 0 turns the rule off: the run goes on to `epochs` (early stopping and interrupts aside).
+    use_tol = tol > 0
     # A tolerance below what the dtype resolves would never be met: floor it at a few ulps.
-    tol = max(tol, 8 * torch.finfo(data.Z.dtype).eps)
+    eps = torch.finfo(data.Z.dtype).eps
+    tol = max(tol, 8 * eps)
+    # At an exact fit the loss is the rounding noise of the residuals, which jumps by large relative
+    # amounts from epoch to epoch: no relative tolerance is ever met (float32 Adam on exact data ran
+    # on for 1700 epochs after reaching the answer, into one of Adam's late spikes). Residuals are
+    # resolved to about eps of the target's size (its RMS in training units: 1 when standardized), so
+    # an epoch whose loss is below that power of it (in the loss's units) is calm: nothing left to fit.
+    y_rms = 1.0
+    if dist is None and stream is None and data.y.numel():
+        y_rms = float(torch.linalg.vector_norm(data.y)) / math.sqrt(data.y.numel())
+    noise_level = (eps * y_rms) ** loss_power * loss_scale
     result = TrainResult()
     prev_loss: Optional[float] = None
     calm = 0  # consecutive epochs whose loss changed by at most tol
@@ -151,7 +164,7 @@ def fit(
         t0 -= history[-1].seconds
         last_finite = history[-1].train_loss
         for rec in history[-(window + 1):]:  # replay the tolerance rule over the last epochs
-            if prev_loss is not None and abs(prev_loss - rec.train_loss) <= tol * abs(prev_loss):
+            if prev_loss is not None and (abs(prev_loss - rec.train_loss) <= tol * abs(prev_loss) or rec.train_loss <= noise_level):
                 calm += 1
             else:
                 calm = 0
@@ -165,7 +178,11 @@ def fit(
 
     # Linear head + MSE on the whole design: the same loss and gradient in one pass over it.
     if dist is None and stream is None and (full_batch or kind == "lbfgs") and LinearMSE.applies(head, loss_fn, data.Z):
-        closure = LinearMSE(head, data.Z, data.y)  # noqa: F811
+        closure = LinearMSE(head, data.Z, data.y, remember=kind == "lbfgs")  # noqa: F811
+    # The validation loss of a linear head with MSE, the same way (no module call, no graph).
+    val_mse = None
+    if has_val and dist is None and stream is None and LinearMSE.applies(head, loss_fn, data.Z_val):
+        val_mse = LinearMSE(head, data.Z_val, data.y_val, remember=False)
     gather: dict = {}  # mini-batch gather buffers, reused every epoch
     # An MLP (ReLU/tanh) with MSE: the same gradients as autograd's, without the graph (fastopt.MLPMSE).
     mlp_step = MLPMSE(head) if dist is None and stream is None and MLPMSE.applies(head, loss_fn, data.Z) else None
@@ -173,8 +190,8 @@ def fit(
         closure = functools.partial(mlp_step, data.Z, data.y)
 
     epoch = start_epoch
+    head.train()
     for epoch in range(start_epoch + 1, epochs + 1):
-        head.train()
         if stream is not None:
             loss_t = stream.train_epoch(head, loss_fn, optimizer, batch_size, generator)
         elif kind == "lbfgs":
@@ -229,11 +246,14 @@ def fit(
             )
         last_finite = train_loss
         val_loss = None
-        if has_val:
+        if val_mse is not None:
+            val_loss = float(val_mse.loss()) * loss_scale
+        elif has_val:
             head.eval()
             with torch.no_grad():
                 val = stream.val_loss(head, loss_fn) if stream is not None else loss_fn(head(data.Z_val), data.y_val)
                 val_loss = float(val) * loss_scale
+            head.train()
         rec = EpochRecord(epoch, train_loss, val_loss, lr, time.perf_counter() - t0)
         result.history.append(rec)
         if on_epoch is not None:
@@ -263,12 +283,13 @@ def fit(
         grad_progress = grad_max is not None and grad_max < GRAD_PROGRESS * best_grad
         if grad_max is not None:
             best_grad = min(best_grad, grad_max)
-        if prev_loss is not None and not grad_progress and abs(prev_loss - train_loss) <= max(tol * abs(prev_loss), loss_floor):
+        change = abs(prev_loss - train_loss) if prev_loss is not None else math.inf
+        if not grad_progress and (change <= max(tol * abs(prev_loss or 0.0), loss_floor) or train_loss <= noise_level):
             calm += 1
         else:
             calm = 0
         prev_loss = train_loss
-        if calm >= window:
+        if use_tol and calm >= window:
             result.stop_reason = "tolerance"
             result.converged = True
             break

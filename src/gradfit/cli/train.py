@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from gradfit.cli import app, stderr_console, stdout_console, user_errors
+from gradfit.cli import app, imports_done, stderr_console, stdout_console, user_errors
 
 
 def fmt(v, digits: int = 6) -> str:
@@ -188,6 +188,7 @@ def train(
     try:
         from gradfit import api
 
+        imports_done()
         if resume is not None:
             from gradfit.resume import load_run
 
@@ -284,13 +285,27 @@ def coefficient_table(c: dict):
 
 
 def fmt_interval(low, high) -> str:
-    """[low, high] with the fewest significant digits (6 to 12) that tell its ends apart."""
+    """[low, high] to the fewest significant digits (6 to 12) whose last place is no wider than
+    the interval, each end rounded outward: what is printed contains the computed interval."""
+    import math
+    from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+
+    low, high = float(low), float(high)
+    if not (math.isfinite(low) and math.isfinite(high)) or not high > low:
+        return f"[{fmt(low)}, {fmt(high)}]"
+    lead = math.floor(math.log10(max(abs(low), abs(high))))
     for digits in range(6, 13):
-        lo, hi = fmt(float(low), digits), fmt(float(high), digits)
-        if lo != hi:
+        if 10.0 ** (lead - digits + 1) <= high - low:
             break
-    if digits > 6:  # a narrow interval: keep trailing zeros, so both ends show the same digits
-        lo, hi = f"{float(low):#.{digits}g}", f"{float(high):#.{digits}g}"
+    step = Decimal(1).scaleb(lead - digits + 1)
+    ends = [float(Decimal(repr(v)).quantize(step, rounding)) for v, rounding in ((low, ROUND_FLOOR), (high, ROUND_CEILING))]
+    places = digits - lead - 1
+    if -4 <= lead < 12:  # fixed point (1.234567e+07 would hide the places that differ)
+        lo, hi = (f"{v:.{max(0, places)}f}" for v in ends)
+        if digits == 6 and places > 0:  # a wide interval: no trailing zeros (a narrow one keeps them, aligned)
+            lo, hi = (t.rstrip("0").rstrip(".") for t in (lo, hi))
+    else:
+        lo, hi = (f"{v:{'' if digits == 6 else '#'}.{digits}g}" for v in ends)
     return f"[{lo}, {hi}]"
 
 
@@ -327,6 +342,7 @@ def _follower(rank: int, config, set_, out, force, resume) -> None:
     from gradfit.distributed import RankFailed
     from gradfit.errors import ConfigError, GradfitError, TrainingError
 
+    imports_done()
     stop = _QuietStop()
     try:
         if resume is not None:

@@ -147,3 +147,68 @@ def test_lbfgs_reaches_full_precision_where_the_loss_cannot_show_it():
 def test_lbfgs_stalls_honestly_at_a_minimum():
     x, opt = _minimize(lambda p: (p - 3).pow(2).sum(), [0.0, 0.0], steps=3)
     assert torch.equal(x, torch.full((2,), 3.0, dtype=torch.float64))
+
+
+class _Quadratic:
+    """mean((A w - b)^2) as a closure that says it is a quadratic, counting its evaluations."""
+
+    quadratic = True
+
+    def __init__(self, w, A, b):
+        self.w, self.A, self.b, self.evals = w, A, b, 0
+
+    def __call__(self):
+        self.evals += 1
+        self.w.grad = None
+        with torch.enable_grad():
+            loss = (self.A @ self.w - self.b).pow(2).mean()
+            loss.backward()
+        return loss
+
+
+def test_lbfgs_exact_line_search_on_a_quadratic_is_conjugate_gradients():
+    # 12 unknowns, condition number 1e3: with exact line searches L-BFGS makes the CG iterates,
+    # which reach the minimum in at most 12 steps, one evaluation each.
+    g = torch.Generator().manual_seed(1)
+    Q, _ = torch.linalg.qr(torch.randn(12, 12, generator=g, dtype=torch.float64))
+    A = torch.randn(300, 12, generator=g, dtype=torch.float64) @ Q @ torch.diag(torch.logspace(0, 1.5, 12, dtype=torch.float64))
+    b = torch.randn(300, generator=g, dtype=torch.float64)
+    ref = torch.linalg.lstsq(A, b[:, None]).solution[:, 0]
+    w = torch.nn.Parameter(torch.zeros(12, dtype=torch.float64))
+    closure = _Quadratic(w, A, b)
+    opt = LBFGS([w], max_iter=13, history_size=100)
+    opt.step(closure)
+    assert closure.evals <= 14  # the start, then one trial per iteration
+    assert float((w.detach() - ref).abs().max() / ref.abs().max()) < 1e-9
+    # What the step reports where it ended (never evaluated there) is what an evaluation gives.
+    loss, grad_max = opt.last
+    true = float(closure().detach())
+    assert loss == pytest.approx(true, rel=1e-12)
+    assert grad_max == pytest.approx(float(w.grad.abs().max()), rel=1e-6, abs=1e-13)
+
+    # The same closure without the flag: the bracketing line search, far from the minimum after 13 iterations.
+    w2 = torch.nn.Parameter(torch.zeros(12, dtype=torch.float64))
+    plain = _Quadratic(w2, A, b)
+    plain.quadratic = False
+    LBFGS([w2], max_iter=13, history_size=100).step(plain)
+    assert float((w2.detach() - ref).abs().max()) > 1e3 * float((w.detach() - ref).abs().max())
+
+
+def test_lbfgs_next_step_starts_from_where_the_last_ended_without_an_evaluation():
+    g = torch.Generator().manual_seed(2)
+    A = torch.randn(200, 20, generator=g, dtype=torch.float64) @ torch.diag(torch.logspace(0, 2, 20, dtype=torch.float64))
+    b = torch.randn(200, generator=g, dtype=torch.float64)
+    w = torch.nn.Parameter(torch.zeros(20, dtype=torch.float64))
+    closure = _Quadratic(w, A, b)
+    opt = LBFGS([w], max_iter=4)
+    opt.step(closure)
+    assert closure.evals == 5  # the start and four trials
+    ended = w.detach().clone()
+    start = opt.step(closure)
+    assert closure.evals == 9  # four trials: the starting point is where the last step ended
+    # ... whose loss, known without evaluating there, is the true one
+    assert float(start) == pytest.approx(float((A @ ended - b).pow(2).mean()), rel=1e-12)
+    with torch.no_grad():
+        w.add_(0.1)  # moved from outside: the next step evaluates where it starts
+    opt.step(closure)
+    assert closure.evals == 14

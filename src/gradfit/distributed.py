@@ -284,10 +284,11 @@ class Moments:
             return self
         A = A.cpu()
         mb = A.mean(0)
-        self._merge(nb, mb, (A - mb).pow(2).sum(0))
-        self.sumsq += A.pow(2).sum(0)
-        self.lo = torch.minimum(self.lo, A.min(0).values)
-        self.hi = torch.maximum(self.hi, A.max(0).values)
+        # amin/amax: min(0)/max(0) also find the indices, ten times slower; squared in place.
+        self._merge(nb, mb, (A - mb).square_().sum(0))
+        self.sumsq += (A * A).sum(0)
+        self.lo = torch.minimum(self.lo, A.amin(0))
+        self.hi = torch.maximum(self.hi, A.amax(0))
         return self
 
     def _merge(self, nb: int, mb: torch.Tensor, m2b: torch.Tensor) -> None:

@@ -301,6 +301,8 @@ class LinearMSE:
       without reading Z.
     """
 
+    quadratic = True  # the loss is a quadratic in the weights (lbfgs: exact line searches)
+
     def __init__(self, head, Z: torch.Tensor, y: torch.Tensor, chunk_rows: Optional[int] = None, remember: bool = True):
         self.head, self.Z, self.y = head, Z, y
         self.remember = remember  # keep the last point's loss and gradient (L-BFGS asks for it again)

@@ -33,8 +33,9 @@ ACTIVATIONS = {
 }
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-# Rows per chunk when a large design is built (keeps float64 temporaries small).
-DESIGN_CHUNK_ROWS = 1 << 15
+# Rows per chunk when a large design is built or summarized: float64 temporaries of a few MiB
+# (900,000 x 32 rows into a column-major design: 0.21 s by 8192 rows, 0.23 by 2048, 0.33 by 32768).
+DESIGN_CHUNK_ROWS = 1 << 13
 
 
 # ---------------------------------------------------------------- polynomial terms
@@ -413,9 +414,9 @@ class _RowStats:
         if key == "std":
             return A.std(0, unbiased=False)
         if key == "min":
-            return A.min(0).values
+            return A.amin(0)
         if key == "max":
-            return A.max(0).values
+            return A.amax(0)
         return A.pow(2).mean(0).sqrt()  # rms
 
 

@@ -198,10 +198,13 @@ def fit(
             start_loss = float(optimizer.step(closure)) * loss_scale
             if not loss_floor and math.isfinite(start_loss):
                 loss_floor = 8 * torch.finfo(data.Z.dtype).eps * abs(start_loss)
-            # L-BFGS reports the loss before its step; evaluate where it ended, with the
-            # gradient, which the tolerance rule watches.
-            loss_t = closure().detach()
-            grad_max = max((float(p.grad.abs().max()) for p in head.parameters() if p.grad is not None), default=0.0)
+            # L-BFGS reports the loss before its step; the tolerance rule watches the loss where it
+            # ended and the gradient there, which gradfit's L-BFGS keeps (no evaluation more).
+            if getattr(optimizer, "last", None) is not None:
+                loss_t, grad_max = optimizer.last
+            else:
+                loss_t = closure().detach()
+                grad_max = max((float(p.grad.abs().max()) for p in head.parameters() if p.grad is not None), default=0.0)
         elif kind == "lm":
             # One Levenberg-Marquardt iteration on the residuals (gradfit.lm); its gradient feeds
             # the tolerance rule as L-BFGS's does.

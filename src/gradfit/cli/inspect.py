@@ -7,6 +7,7 @@ check on a formula config, whose validation parses the formula with gradfit.form
 from __future__ import annotations
 
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -327,7 +328,14 @@ def runs(
         err.print(f"no finished runs under {directory}")
         return
     console = stdout_console()
-    console.print(runs_table(records, sort, console.width), soft_wrap=False)
+    with console.capture() as captured:
+        console.print(runs_table(records, sort, console.width), soft_wrap=False)
+    # rich pads every line to the table's width; the padding is noise in a pipe or a diff.
+    sys.stdout.write(_TRAILING_SPACE.sub(r"\1", captured.get()))
+
+
+# Spaces at the end of a line, before any closing colour codes.
+_TRAILING_SPACE = re.compile(r"[ \t]+((?:\x1b\[[0-9;]*m)*)$", re.MULTILINE)
 
 
 def runs_table(records: list[dict], sort: str, width: int = 80):

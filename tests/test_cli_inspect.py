@@ -244,6 +244,7 @@ def test_runs_table_sorted_by_val_r2(cli, three_runs):
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
     assert max(map(len, lines)) <= 80
+    assert all(line == line.rstrip() for line in lines)  # no padding to the table's width
     order = [line.split()[0] for line in lines if line.split() and line.split()[0] in ("exact", "straight", "short")]
     expected = sorted(["exact", "straight", "short"], key=lambda n: -val_r2(three_runs / n))
     assert order == expected and order[0] == "exact"

@@ -66,6 +66,11 @@ def test_full_batch_on_two_processes_gives_the_single_process_coefficients(tmp_p
     coef_two = json.loads((tmp_path / "two" / "coefficients.json").read_text())
     np.testing.assert_allclose([coef_two["intercept"], *coef_two["coefficients"].values()],
                                [one.coefficients["intercept"], *one.coefficients["coefficients"].values()], rtol=1e-6)
+    # Standard errors from the Gram matrix summed over both ranks: the single process's.
+    assert coef_two["std_errors"].keys() == one.coefficients["std_errors"].keys()
+    for name, v in one.coefficients["std_errors"].items():
+        assert coef_two["std_errors"][name] == pytest.approx(v, rel=1e-6), name
+    assert coef_two["dof"] == one.coefficients["dof"]
     # The same rows in each set, the same step size, the same metrics over all rows.
     assert two["lr"] == pytest.approx(one.metrics["lr"], rel=1e-12)
     assert two["epochs"] == one.metrics["epochs"] == 60

@@ -65,6 +65,13 @@ def test_full_batch_streaming_equals_in_memory(tmp_path):
         assert st.metrics["train"][k] == pytest.approx(mem.metrics["train"][k], rel=1e-10)
     assert st.metrics["exact"]["loss"] == pytest.approx(mem.metrics["exact"]["loss"], rel=1e-10)
     assert [r.train_loss for r in st.result.history] == pytest.approx([r.train_loss for r in mem.result.history], rel=1e-10)
+    # Standard errors from the streamed Gram matrix: the in-memory run's (which reads the rows).
+    for key in ("std_errors", "ci95"):
+        assert st.coefficients[key].keys() == mem.coefficients[key].keys()
+        for name, v in mem.coefficients[key].items():
+            assert st.coefficients[key][name] == pytest.approx(v, rel=1e-8), (key, name)
+    assert st.coefficients["dof"] == mem.coefficients["dof"] == N - 4
+    assert st.coefficients["residual_sd"] == pytest.approx(mem.coefficients["residual_sd"], rel=1e-10)
 
 
 def test_mini_batch_streaming_reaches_the_in_memory_coefficients(tmp_path):

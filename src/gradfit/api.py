@@ -360,6 +360,11 @@ def finish(prep: Prepared, result: TrainResult, run_dir: Optional[Path]) -> RunR
         from gradfit.uncertainty import uncertainty
 
         coefficients.update(uncertainty(model, ds.X, ds.y, rows=split.train))
+    elif "exact" in metrics and "gram" in ex:
+        # Rows over several processes or streamed: the exact check summed their Gram matrix.
+        from gradfit.uncertainty import linear_uncertainty_from_gram
+
+        coefficients.update(linear_uncertainty_from_gram(model, ex["gram"], sets["train"]["mse"] * ex["n"], ex["n"]))
     run = RunResult(run_dir, metrics, coefficients, cfg, result, model, list(ds.notes), prep.plan.lr_rule)
     if run_dir is not None:
         write_run(run, prep)

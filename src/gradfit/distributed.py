@@ -554,7 +554,9 @@ def exact_least_squares(chunks: Callable, k: int, dist: Dist) -> dict:
     for A, y in chunks():
         rss += float((A @ coef - y).pow(2).sum())
         n += A.shape[0]
-    return {"loss": dist.sum(rss) / max(dist.sum(n), 1), "coef": coef}
+    n = int(dist.sum(n))
+    # the Gram matrix and the row count serve the standard errors as well (uncertainty.py)
+    return {"loss": dist.sum(rss) / max(n, 1), "coef": coef, "gram": G, "n": n}
 
 
 class ShardRows:

@@ -193,10 +193,20 @@ def raw_map(model) -> tuple[list[tuple[int, ...]], torch.Tensor]:
 def linear_uncertainty(model, X: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None) -> dict:
     """Standard errors of the raw coefficients of a linear or polynomial model (on ``X[rows]`` with ``rows``)."""
     from gradfit.exact import gram
-    from gradfit.models import term_name
 
     n = int(X.shape[0] if rows is None else rows.shape[0])
     G, _ = gram(model, X, y, rows)  # (m[+1], m[+1]) of the scaled design, intercept column last
+    if n <= int(G.shape[0]):
+        return {}
+    return linear_uncertainty_from_gram(model, G, lambda: _rss(model, X, y, rows), n)
+
+
+def linear_uncertainty_from_gram(model, G: torch.Tensor, rss, n: int) -> dict:
+    """linear_uncertainty from the training rows' Gram matrix of the scaled design (intercept column
+    last) and their residual sum of squares in original units (a number, or a function giving it):
+    what a run whose rows are spread over processes or streamed from disk can sum up."""
+    from gradfit.models import term_name
+
     p = int(G.shape[0])
     if n <= p:
         return {}
@@ -206,7 +216,7 @@ def linear_uncertainty(model, X: torch.Tensor, y: torch.Tensor, rows: torch.Tens
     C = torch.cholesky_inverse(L)  # (A^T A)^-1 in the design's units
     if not bool(torch.isfinite(C).all()):
         return {}
-    rss = _rss(model, X, y, rows)
+    rss = float(rss() if callable(rss) else rss)
     sigma2 = rss / (n - p)
     keys, M = raw_map(model)
     variances = (sigma2 * ((M @ C) * M).sum(1)).tolist()

@@ -109,6 +109,48 @@ def test_resume_gives_the_same_weights_as_never_stopping(tmp_path, batch_size):
     assert_consistent(tmp_path / "resumed", 120, "max_epochs")
 
 
+def _stop_where_straight(tmp_path, cfg, k):
+    """Train straight, and stopped after k epochs then resumed: (straight, resumed)."""
+    straight = api.train(config_from_dict(cfg), out=tmp_path / "straight")
+    stop = StopAfter(k)
+    first = api.train(config_from_dict(cfg), out=tmp_path / "resumed", on_epoch=stop.on_epoch, should_stop=stop)
+    assert first.metrics["stop_reason"] == "interrupted" and first.metrics["epochs"] == k
+    return straight, api.resume(tmp_path / "resumed")
+
+
+def test_resumed_early_stopping_stops_where_it_would_have(tmp_path):
+    """Early stopping's memory (best loss, its epoch and weights, the epochs since) is saved with the
+    training state: a run interrupted after its best epoch stops at the same epoch with the same weights."""
+    cfg = small_config(dtype="float64", data={"synthetic": {"kind": "polynomial", "coefficients": [3, 2, 1],
+                                                            "n_samples": 60, "noise": 2.0}},
+                       model={"kind": "polynomial", "degree": 9}, optimizer={"kind": "adam", "lr": 0.05},
+                       train={"epochs": 3000, "tol": 0.0, "early_stopping": {"patience": 40}})
+    cfg["output"] = {"dir": str(tmp_path / "runs")}
+    probe = api.train(config_from_dict(cfg), write=False)
+    assert probe.metrics["stop_reason"] == "early_stopping"
+    best, end = probe.metrics["best_epoch"], probe.metrics["epochs"]
+    assert end - best == 40
+    straight, resumed = _stop_where_straight(tmp_path, cfg, best + 10)  # between the best epoch and the stop
+    assert resumed.metrics["stop_reason"] == "early_stopping"
+    assert resumed.metrics["epochs"] == straight.metrics["epochs"] == end
+    assert resumed.metrics["best_epoch"] == straight.metrics["best_epoch"] == best
+    a, b = head_state(straight), head_state(resumed)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-12)
+
+
+def test_resumed_lbfgs_stops_where_it_would_have(tmp_path):
+    """L-BFGS's stop rule also watches its gradient record; that is saved too."""
+    cfg = _cfg(tmp_path, epochs=200, tol=1e-9)
+    cfg["optimizer"] = {"kind": "lbfgs"}
+    probe = api.train(config_from_dict(cfg), write=False)
+    assert probe.metrics["stop_reason"] == "tolerance" and probe.metrics["epochs"] >= 4
+    straight, resumed = _stop_where_straight(tmp_path, cfg, probe.metrics["epochs"] - 2)
+    assert resumed.metrics["stop_reason"] == "tolerance"
+    assert resumed.metrics["epochs"] == straight.metrics["epochs"]
+    assert resumed.coefficients["intercept"] == pytest.approx(straight.coefficients["intercept"], rel=1e-12)
+
+
 def test_resume_a_finished_run_with_more_epochs(tmp_path, cli):
     cfg = _cfg(tmp_path)
     api.train(config_from_dict(cfg), out=tmp_path / "r")

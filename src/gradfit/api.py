@@ -23,7 +23,7 @@ from gradfit.exact import exact_least_squares
 from gradfit.metrics import regression_metrics
 from gradfit.models import DESIGN_CHUNK_ROWS, DTYPES, RegressionModel, build_model
 from gradfit.runs import make_run_dir, write_history, write_json, write_text
-from gradfit.training import EpochRecord, TrainData, TrainResult, fit
+from gradfit.training import EpochRecord, StopState, TrainData, TrainResult, fit
 
 
 @dataclass
@@ -247,6 +247,9 @@ def _train_prepared(prep: Prepared, run_dir, fresh, state, history, on_epoch, sh
             on_start(prep)
         opt = optim.make_optimizer(cfg, model.head.parameters(), prep.plan.lr, prep.device, prep.plan.iters_per_epoch)
         gen = generator(cfg.seed, STREAM_BATCH)
+        # The stopping rules' memory (early stopping's best epoch and weights, L-BFGS's gradient
+        # record): saved with the training state, so that a resumed run stops where it would have.
+        stop_state = (state.stop if state is not None else None) or StopState()
         if state is not None:
             rs.restore(state, model.head, opt, gen)
         if run_dir is not None:
@@ -260,11 +263,11 @@ def _train_prepared(prep: Prepared, run_dir, fresh, state, history, on_epoch, sh
                 on_epoch(rec)
 
         def save_progress(epoch: int) -> None:
-            save_partial_run(prep, run_dir, records, rs.capture(model.head, opt, gen, epoch, cfg.optimizer.kind))
+            save_partial_run(prep, run_dir, records, rs.capture(model.head, opt, gen, epoch, cfg.optimizer.kind, stop_state))
             saved.append(epoch)
 
         def keep_state(epoch: int) -> None:
-            final["state"] = rs.capture(model.head, opt, gen, epoch, cfg.optimizer.kind)
+            final["state"] = rs.capture(model.head, opt, gen, epoch, cfg.optimizer.kind, stop_state)
 
         result = fit(
             prep.dist.wrap(model.head),
@@ -289,6 +292,7 @@ def _train_prepared(prep: Prepared, run_dir, fresh, state, history, on_epoch, sh
             on_end=keep_state if run_dir is not None else None,
             dist=prep.dist,
             stream=prep.stream,
+            stop_state=stop_state,
         )
         if run_dir is not None and "state" in final:
             rs.save_state(run_dir / rs.RESUME_NAME, final["state"])

@@ -37,9 +37,11 @@ class ResumeState:
     head: dict  # name -> tensor
     optimizer: dict  # a torch optimizer state_dict
     generator: Optional[torch.Tensor]
+    stop: Any = None  # training.StopState: the stopping rules' memory (None in files from before it was kept)
 
 
-def capture(head: torch.nn.Module, optimizer, gen: Optional[torch.Generator], epoch: int, kind: str) -> ResumeState:
+def capture(head: torch.nn.Module, optimizer, gen: Optional[torch.Generator], epoch: int, kind: str,
+            stop=None) -> ResumeState:
     """A copy of the training state now (safe to keep while training goes on)."""
     import copy
 
@@ -49,7 +51,12 @@ def capture(head: torch.nn.Module, optimizer, gen: Optional[torch.Generator], ep
         head={k: v.detach().to("cpu").clone() for k, v in head.state_dict().items()},
         optimizer=_to_cpu(copy.deepcopy(optimizer.state_dict())),
         generator=gen.get_state().clone() if gen is not None else None,
+        stop=stop.snapshot() if stop is not None else None,
     )
+
+
+# training.StopState's numbers, stored in the header's metadata (its best weights as tensors "best.*").
+_STOP_FIELDS = ("best_val", "best_epoch", "since_best", "best_grad", "loss_floor", "calm", "prev_loss")
 
 
 def restore(state: ResumeState, head: torch.nn.Module, optimizer, gen: Optional[torch.Generator]) -> None:
@@ -135,6 +142,10 @@ def save_state(path: Path, state: ResumeState) -> None:
         "kind": state.kind,
         "optimizer": json.dumps(record),
     }
+    if state.stop is not None:
+        meta["stop"] = json.dumps({k: _encode(getattr(state.stop, k), {}) for k in _STOP_FIELDS})
+        for k, v in (state.stop.best_state or {}).items():
+            tensors[f"best.{k}"] = v.detach().to("cpu").contiguous().clone()
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
 
@@ -168,12 +179,19 @@ def load_state(path: Path) -> ResumeState:
         optimizer = _decode(json.loads(meta["optimizer"]), tensors)
         if not isinstance(optimizer, dict) or epoch < 0:
             raise ValueError("the optimizer record is not a state_dict")
+        stop = None
+        if "stop" in meta:
+            from gradfit.training import StopState
+
+            fields = {k: _decode(v, {}) for k, v in json.loads(meta["stop"]).items() if k in _STOP_FIELDS}
+            best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
+            stop = StopState(**fields, best_state=best or None)
     except CheckpointError:
         raise
     except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{p}: the saved training state is damaged ({exc})") from None
     head = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
-    return ResumeState(epoch, str(meta.get("kind", "")), head, optimizer, tensors.get("generator"))
+    return ResumeState(epoch, str(meta.get("kind", "")), head, optimizer, tensors.get("generator"), stop)
 
 
 # ---------------------------------------------------------------- a run directory to continue

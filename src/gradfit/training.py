@@ -60,6 +60,28 @@ class TrainResult:
 
 
 @dataclass
+class StopState:
+    """What the stopping rules remember from epoch to epoch beyond the history's losses; saved with
+    the resume state, so that a resumed run stops where one never interrupted would."""
+
+    best_val: float = math.inf  # early stopping: the best validation loss so far,
+    best_epoch: Optional[int] = None  # its epoch,
+    since_best: int = 0  # the epochs since,
+    best_state: Optional[dict] = None  # and the head's weights then
+    best_grad: float = math.inf  # lbfgs: the smallest largest-gradient component so far
+    loss_floor: float = 0.0  # lbfgs: changes below 8 ulps of the first loss are rounding
+    calm: int = 0  # tolerance: consecutive calm epochs,
+    prev_loss: Optional[float] = None  # after the epoch with this train loss
+
+    def snapshot(self) -> "StopState":
+        """A copy safe to keep while training goes on (the best weights cloned to the CPU)."""
+        import dataclasses
+
+        best = None if self.best_state is None else {k: v.detach().to("cpu").clone() for k, v in self.best_state.items()}
+        return dataclasses.replace(self, best_state=best)
+
+
+@dataclass
 class TrainData:
     """What the loop trains on, on the device, in scaled units."""
 
@@ -111,6 +133,7 @@ def fit(
     on_end: Optional[Callable[[int], None]] = None,
     dist=None,
     stream=None,
+    stop_state: Optional[StopState] = None,
 ) -> TrainResult:
     """Train ``head`` on ``data``; stop at ``epochs``, at ``tol``, by early stopping, or when asked.
 
@@ -122,7 +145,8 @@ def fit(
 
     Several processes (``dist``, see distributed.py): ``head`` is under DDP, ``loss_fn`` gives
     the global mean, and every rank takes the same number of steps. ``stream`` (streaming.py)
-    reads each epoch's batches from disk instead of ``data``.
+    reads each epoch's batches from disk instead of ``data``. ``stop_state`` holds the stopping
+    rules' memory (pass the one saved with a resumed run; it is updated as training goes).
     """
     dist = dist if dist is not None and dist.enabled else None
     n = data.Z.shape[0]
@@ -149,26 +173,26 @@ def fit(
         y_rms = float(torch.linalg.vector_norm(data.y)) / math.sqrt(data.y.numel())
     noise_level = (eps * y_rms) ** loss_power * loss_scale
     result = TrainResult()
-    prev_loss: Optional[float] = None
-    calm = 0  # consecutive epochs whose loss changed by at most tol
-    best_val = math.inf
-    best_state = None
-    since_best = 0
+    st = stop_state if stop_state is not None else StopState()
+    if st.best_state is not None:
+        where = head.state_dict()
+        st.best_state = {k: v.to(where[k].device) if k in where else v for k, v in st.best_state.items()}
+    result.best_epoch = st.best_epoch
     last_finite: Optional[float] = None
     grad_max: Optional[float] = None  # lbfgs: largest gradient component after the epoch
-    best_grad = math.inf
-    loss_floor = 0.0  # lbfgs: changes below 8 ulps of the starting loss are rounding (exact fits)
     t0 = time.perf_counter()
     if history:
         result.history = list(history)
         t0 -= history[-1].seconds
         last_finite = history[-1].train_loss
-        for rec in history[-(window + 1):]:  # replay the tolerance rule over the last epochs
-            if prev_loss is not None and (abs(prev_loss - rec.train_loss) <= tol * abs(prev_loss) or rec.train_loss <= noise_level):
-                calm += 1
-            else:
-                calm = 0
-            prev_loss = rec.train_loss
+        if st.prev_loss is None:  # a state saved without the rules' memory: replay the last epochs
+            for rec in history[-(window + 1):]:
+                if st.prev_loss is not None and (abs(st.prev_loss - rec.train_loss) <= tol * abs(st.prev_loss)
+                                                 or rec.train_loss <= noise_level):
+                    st.calm += 1
+                else:
+                    st.calm = 0
+                st.prev_loss = rec.train_loss
 
     def closure():
         optimizer.zero_grad(set_to_none=True)
@@ -196,8 +220,8 @@ def fit(
             loss_t = stream.train_epoch(head, loss_fn, optimizer, batch_size, generator)
         elif kind == "lbfgs":
             start_loss = float(optimizer.step(closure)) * loss_scale
-            if not loss_floor and math.isfinite(start_loss):
-                loss_floor = 8 * torch.finfo(data.Z.dtype).eps * abs(start_loss)
+            if not st.loss_floor and math.isfinite(start_loss):
+                st.loss_floor = 8 * torch.finfo(data.Z.dtype).eps * abs(start_loss)
             # L-BFGS reports the loss before its step; the tolerance rule watches the loss where it
             # ended and the gradient there, which gradfit's L-BFGS keeps (no evaluation more).
             if getattr(optimizer, "last", None) is not None:
@@ -261,19 +285,17 @@ def fit(
         result.history.append(rec)
         if on_epoch is not None:
             on_epoch(rec)
-        if checkpoint_every and on_checkpoint is not None and epoch % checkpoint_every == 0:
-            on_checkpoint(epoch)
 
         # Early stopping on the validation loss, keeping the best weights.
         if early_stopping is not None and val_loss is not None:
-            if val_loss < best_val * (1 - early_stopping.min_delta) or best_state is None:
-                best_val = val_loss
-                best_state = copy.deepcopy(head.state_dict())
-                result.best_epoch = epoch
-                since_best = 0
+            if val_loss < st.best_val * (1 - early_stopping.min_delta) or st.best_state is None:
+                st.best_val = val_loss
+                st.best_state = copy.deepcopy(head.state_dict())
+                st.best_epoch = result.best_epoch = epoch
+                st.since_best = 0
             else:
-                since_best += 1
-                if since_best >= early_stopping.patience:
+                st.since_best += 1
+                if st.since_best >= early_stopping.patience:
                     result.stop_reason = "early_stopping"
                     result.converged = True
                     break
@@ -283,16 +305,18 @@ def fit(
         # lbfgs: the loss cannot see parameter changes below about sqrt(eps) of them, the gradient
         # can; an epoch in which the gradient still shrank (below GRAD_PROGRESS of its best) is
         # progress, so L-BFGS runs on until the gradient is rounding noise: the dtype's precision.
-        grad_progress = grad_max is not None and grad_max < GRAD_PROGRESS * best_grad
+        grad_progress = grad_max is not None and grad_max < GRAD_PROGRESS * st.best_grad
         if grad_max is not None:
-            best_grad = min(best_grad, grad_max)
-        change = abs(prev_loss - train_loss) if prev_loss is not None else math.inf
-        if not grad_progress and (change <= max(tol * abs(prev_loss or 0.0), loss_floor) or train_loss <= noise_level):
-            calm += 1
+            st.best_grad = min(st.best_grad, grad_max)
+        change = abs(st.prev_loss - train_loss) if st.prev_loss is not None else math.inf
+        if not grad_progress and (change <= max(tol * abs(st.prev_loss or 0.0), st.loss_floor) or train_loss <= noise_level):
+            st.calm += 1
         else:
-            calm = 0
-        prev_loss = train_loss
-        if use_tol and calm >= window:
+            st.calm = 0
+        st.prev_loss = train_loss
+        if checkpoint_every and on_checkpoint is not None and epoch % checkpoint_every == 0:
+            on_checkpoint(epoch)  # after the rules took this epoch in: a resume continues from here exactly
+        if use_tol and st.calm >= window:
             result.stop_reason = "tolerance"
             result.converged = True
             break
@@ -302,8 +326,8 @@ def fit(
 
     if on_end is not None and epoch > start_epoch:
         on_end(epoch)
-    if best_state is not None:
-        head.load_state_dict(best_state)
+    if st.best_state is not None:
+        head.load_state_dict(st.best_state)
     result.epochs = epoch  # start_epoch when no epoch ran
     result.seconds = time.perf_counter() - t0
     return result

@@ -211,14 +211,15 @@ def test_minibatch_adam_training_recovers_planted_coefficients(tmp_path):
 
 
 NO_DYNAMO_PROBE = """\
-import json, sys
-from gradfit.cli import main
+import gc, json, sys
+from gradfit.__main__ import main  # the console script's entry
 sys.argv = ["gradfit", "train", sys.argv[1], "--out", sys.argv[2], "-q", "--set", "train.epochs=30"]
 try:
     main()
 except SystemExit as exc:
     assert not exc.code, exc.code
 mpl = "matplotlib" in sys.modules  # the figures were drawn by the helper process
+collector = [gc.isenabled(), gc.get_freeze_count() > 10000]  # back on, the imports frozen out of its way
 from gradfit.api import train
 from gradfit.config import config_from_dict
 base = {"name": "q", "data": {"synthetic": {"kind": "polynomial", "coefficients": [3, 2, 1], "n_samples": 50}},
@@ -232,14 +233,16 @@ runs = {
 }
 for name, extra in runs.items():
     train(config_from_dict({**base, **extra}), write=False)
-print(json.dumps({"matplotlib": mpl, "dynamo": "torch._dynamo" in sys.modules, "sympy": "sympy" in sys.modules}))
+print(json.dumps({"matplotlib": mpl, "dynamo": "torch._dynamo" in sys.modules, "sympy": "sympy" in sys.modules,
+                  "collector": collector}))
 """
 
 
 def test_training_imports_no_dynamo_and_the_cli_draws_in_a_helper(tmp_path, root):
     """torch.optim optimizers, torch.func.jacfwd and forward-mode AD import torch._dynamo (1.3 s or more);
     gradfit's sgd/adam/lbfgs/lm and its Jacobians must not. ``gradfit train`` leaves matplotlib to its
-    helper process, whose figures are the bytes this process draws from the same run."""
+    helper process, whose figures are the bytes this process draws from the same run. The entry point
+    pauses the cyclic garbage collector while torch loads; train turns it back on before training."""
     import json
 
     from gradfit import plots
@@ -249,7 +252,8 @@ def test_training_imports_no_dynamo_and_the_cli_draws_in_a_helper(tmp_path, root
     out = subprocess.run([sys.executable, "-c", NO_DYNAMO_PROBE, str(root / "configs" / "quadratic.yaml"),
                           str(tmp_path / "cli"), str(tmp_path)], capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"matplotlib": False, "dynamo": False, "sympy": False}
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"matplotlib": False, "dynamo": False, "sympy": False,
+                                                                "collector": [True, True]}
     assert plots._helper is None  # torch is imported here: figures are drawn in this process
     here = train(load_config(root / "configs" / "quadratic.yaml", ["train.epochs=30"]), out=tmp_path / "lib")
     for name in ("loss.png", "fit.png"):

@@ -249,24 +249,3 @@ def test_help_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip().endswith("False"), out.stdout + out.stderr
 
-
-GC_PROBE = """\
-import gc, sys
-from gradfit.__main__ import main
-from gradfit import cli
-sys.argv = ["gradfit", "train", sys.argv[1], "--out", sys.argv[2], "-q", "--set", "train.epochs=20"]
-try:
-    main()
-except SystemExit as exc:
-    assert not exc.code, exc.code
-print(gc.isenabled(), gc.get_freeze_count() > 10000, cli.GC_PAUSED)
-"""
-
-
-def test_entry_point_pauses_the_collector_only_for_start_up(tmp_path):
-    """gradfit.__main__ turns the cyclic collector off while torch loads; train turns it back on
-    (the imported objects frozen out of its way) before training."""
-    out = subprocess.run([sys.executable, "-c", GC_PROBE, str(CONFIGS / "quadratic.yaml"), str(tmp_path / "q")],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split()[-3:] == ["True", "True", "False"]

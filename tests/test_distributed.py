@@ -85,6 +85,43 @@ def test_full_batch_on_two_processes_gives_the_single_process_coefficients(tmp_p
     assert read_checkpoint(tmp_path / "two").data["n_rows"] == 1001
 
 
+def test_resume_under_torchrun_continues_as_one_process_would(tmp_path):
+    """A run trained on two processes for 25 epochs, resumed on two processes to 60: the weights of
+    60 epochs straight on two processes, and the one process's up to the ranks' rounding (Adam
+    divides by the gradient's size, so their last-digit differences show); a bad --resume is
+    reported once, by rank 0."""
+    linear_csv(tmp_path / "d.csv")
+    cfg = write_config(
+        tmp_path / "lin.yaml", name="lin", seed=3, device="cpu", dtype="float64",
+        data={"path": "d.csv", "split": {"val": 0.2, "test": 0.0}},
+        model={"kind": "linear"}, optimizer={"kind": "adam", "lr": 0.05}, train={"epochs": 60, "tol": 0.0},
+    )
+    one = api.train(load_config(cfg), out=tmp_path / "one")
+    first = torchrun("train", cfg, "--out", tmp_path / "two", "-q", "--set", "train.epochs=25")
+    assert first.returncode == 0, first.stderr[-3000:]
+    proc = torchrun("train", "--resume", tmp_path / "two", "--set", "train.epochs=60", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads(proc.stdout)
+    assert two["epochs"] == 60 and two["stop_reason"] == "max_epochs"
+    straight = torchrun("train", cfg, "--out", tmp_path / "straight", "-q")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    def coefs(d):
+        c = json.loads((d / "coefficients.json").read_text())
+        return [c["intercept"], *c["coefficients"].values()]
+
+    np.testing.assert_allclose(coefs(tmp_path / "two"), coefs(tmp_path / "straight"), rtol=1e-12)
+    np.testing.assert_allclose(coefs(tmp_path / "two"), [one.coefficients["intercept"], *one.coefficients["coefficients"].values()],
+                               rtol=1e-3)
+    hist, hist_straight = pd.read_csv(tmp_path / "two" / "history.csv"), pd.read_csv(tmp_path / "straight" / "history.csv")
+    assert list(hist["epoch"]) == list(range(1, 61))
+    np.testing.assert_allclose(hist["train_loss"], hist_straight["train_loss"], rtol=1e-12)
+
+    bad = torchrun("train", "--resume", tmp_path / "two", "--set", "model.degree=3")
+    assert bad.returncode == 1
+    assert bad.stderr.count("only train.* settings can change") == 1 and "Traceback" not in bad.stderr.split("error:")[0]
+
+
 def test_mini_batch_ddp_reaches_the_single_process_validation_loss(tmp_path):
     rng = np.random.default_rng(1)
     x = rng.uniform(-2, 2, size=2_000)

@@ -212,6 +212,8 @@ def resume(
 
     Only ``train.*`` settings may be overridden (e.g. ``train.epochs=5000``). For a
     full-batch run, stopping and resuming gives the same weights as never stopping.
+    Under torchrun every rank reads the run directory (a shared file system) and
+    continues from the same state; rank 0 alone writes.
     """
     from gradfit import resume as rs
     from gradfit.checkpoint import read_checkpoint
@@ -219,7 +221,10 @@ def resume(
     run_dir = Path(run_dir)
     cfg, state, history = rs.load_run(run_dir, overrides)
     prep = prepare(cfg)
-    if (run_dir / CHECKPOINT_NAME).is_file():
+
+    def same_data() -> None:  # rank 0 holds the fingerprint; every rank hears of a change
+        if not (run_dir / CHECKPOINT_NAME).is_file():
+            return
         was = read_checkpoint(run_dir).data.get("source", {}).get("fingerprint")
         now = prep.ds.source.get("fingerprint")
         if was is not None and now is not None and was != now:
@@ -229,7 +234,13 @@ def resume(
                 f"the data changed since the run in {run_dir} started ({prep.ds.source.get('path', 'synthetic data')})",
                 hint="resuming would continue on other rows; start a new run instead",
             )
-    return _train_prepared(prep, run_dir, False, state, history, on_epoch, should_stop, on_start)
+
+    try:
+        prep.dist.agree(same_data)
+        return _train_prepared(prep, run_dir if prep.dist.is_main else None, False, state, history,
+                               on_epoch, should_stop, on_start)
+    finally:
+        prep.dist.close()
 
 
 def _train_prepared(prep: Prepared, run_dir, fresh, state, history, on_epoch, should_stop, on_start) -> RunResult:

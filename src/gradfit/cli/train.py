@@ -332,7 +332,7 @@ class _QuietStop(StopOnSignal):
 
 
 def _follower(rank: int, config, set_, out, force, resume) -> None:
-    """A rank other than 0: the same training, no output, rank 0's exit code.
+    """A rank other than 0: the same training, no output; torchrun's exit code is rank 0's.
 
     Errors every rank sees alike (config errors, errors agreed on by distributed.Dist.agree)
     are reported by rank 0 alone; anything else is printed with this rank's number.
@@ -340,20 +340,31 @@ def _follower(rank: int, config, set_, out, force, resume) -> None:
     from gradfit import api
     from gradfit.config import load_config
     from gradfit.distributed import RankFailed
-    from gradfit.errors import ConfigError, GradfitError, TrainingError
+    from gradfit.errors import ConfigError, GradfitError
 
     imports_done()
     stop = _QuietStop()
     try:
         if resume is not None:
-            raise TrainingError("--resume is not supported under torchrun", hint="resume the run in one process")
-        cfg = load_config(config, set_)
-        run = api.train(cfg, out=out, force=force, should_stop=stop, on_start=stop.install)
+            from gradfit.resume import load_run
+
+            try:
+                load_run(resume, set_)  # what rank 0 reads and reports on too
+            except GradfitError as err:
+                err.shared = True
+                raise
+            run = api.resume(resume, set_, should_stop=stop, on_start=stop.install)
+        else:
+            cfg = load_config(config, set_)
+            run = api.train(cfg, out=out, force=force, should_stop=stop, on_start=stop.install)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     except GradfitError as err:
         if getattr(err, "shared", False) or isinstance(err, ConfigError):
-            raise typer.Exit(err.exit_code) from None
+            # Rank 0 reports it and exits with its code, which becomes torchrun's. Exiting 0 here
+            # lets it: a failed rank makes torchrun stop the others at once, maybe before rank 0 has
+            # printed (an error found before the ranks connect is not awaited by anyone).
+            raise typer.Exit(0) from None
         if not isinstance(err, RankFailed):
             err.message = f"rank {rank}: {err.message}"
         raise

@@ -105,7 +105,7 @@ _COMMON_TAIL = """\
 train:
   epochs: {epochs}             # the cap on passes over the data
   batch_size: null          # null = full batch; a number for mini-batches
-  tol: 1.0e-9               # stop when the loss improves by less than this (relative)
+  tol: 1.0e-9               # stop when the loss improves by less than this (relative); 0: never
 {early}output:
   dir: runs                 # run directories are made under it (runs/{name}, runs/{name}-2, ...)
 """

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from gradfit.cli import app, stderr_console, stdout_console, user_errors
+from gradfit.cli import app, imports_done, stderr_console, stdout_console, user_errors
 
 CHECKPOINT_HELP = "A model.safetensors written by 'gradfit train', or the run directory that holds it."
 
@@ -25,6 +25,7 @@ def eval_(
     """Metrics of a saved model (loss, MSE, RMSE, MAE, R^2 in original units)."""
     from gradfit.evaluate import evaluate
 
+    imports_done()
     ev = evaluate(checkpoint, data)
     err = stderr_console()
     for note in ev.notes:
@@ -74,6 +75,7 @@ def predict(
     """Predict every row of a data file: its columns plus a 'prediction' column, as CSV."""
     from gradfit.evaluate import predict_file
 
+    imports_done()
     res = predict_file(checkpoint, data, out=out, columns=columns or None)
     err = stderr_console()
     for note in res.notes:

@@ -139,16 +139,35 @@ def test_resumed_early_stopping_stops_where_it_would_have(tmp_path):
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-12)
 
 
-def test_resumed_lbfgs_stops_where_it_would_have(tmp_path):
-    """L-BFGS's stop rule also watches its gradient record; that is saved too."""
-    cfg = _cfg(tmp_path, epochs=200, tol=1e-9)
-    cfg["optimizer"] = {"kind": "lbfgs"}
-    probe = api.train(config_from_dict(cfg), write=False)
-    assert probe.metrics["stop_reason"] == "tolerance" and probe.metrics["epochs"] >= 4
-    straight, resumed = _stop_where_straight(tmp_path, cfg, probe.metrics["epochs"] - 2)
-    assert resumed.metrics["stop_reason"] == "tolerance"
-    assert resumed.metrics["epochs"] == straight.metrics["epochs"]
-    assert resumed.coefficients["intercept"] == pytest.approx(straight.coefficients["intercept"], rel=1e-12)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_resumed_lbfgs_stops_where_it_would_have(tmp_path, dtype):
+    """L-BFGS's stop rule also watches its gradient record, and each step starts from where the last
+    ended (its loss and gradient known): both are saved, so every interrupted epoch resumes exactly."""
+    cfg = small_config(dtype=dtype, data={"synthetic": {"kind": "polynomial", "coefficients": [3, 2, 1, 0.5, 0.1, 0.01],
+                                                          "n_samples": 500, "noise": 0.1}},
+                       model={"kind": "polynomial", "degree": 9}, optimizer={"kind": "lbfgs"}, train={"epochs": 200, "tol": 1e-9})
+    cfg["output"] = {"dir": str(tmp_path / "runs")}
+    straight = api.train(config_from_dict(cfg), out=tmp_path / "straight")
+    assert straight.metrics["stop_reason"] == "tolerance" and straight.metrics["epochs"] >= 3
+    for k in range(1, straight.metrics["epochs"]):
+        stop = StopAfter(k)
+        api.train(config_from_dict(cfg), out=tmp_path / f"r{k}", on_epoch=stop.on_epoch, should_stop=stop)
+        resumed = api.resume(tmp_path / f"r{k}")
+        assert (resumed.metrics["epochs"], resumed.metrics["stop_reason"]) == (straight.metrics["epochs"], "tolerance"), k
+        a, b = head_state(straight), head_state(resumed)
+        for name in a:
+            assert torch.equal(a[name], b[name]), (k, name)
+
+
+def test_resume_without_early_stopping_forgets_its_best_weights(tmp_path):
+    """Early stopping turned off on resume: the run trains on and keeps its last weights."""
+    cfg = _cfg(tmp_path, epochs=60, early_stopping={"patience": 1000})
+    cfg["data"] = {"synthetic": {"kind": "polynomial", "coefficients": [3, 2, 1], "n_samples": 200, "noise": 0.5}, "split": {"val": 0.3}}
+    api.train(config_from_dict(cfg), out=tmp_path / "a")
+    resumed = api.resume(tmp_path / "a", ["train.epochs=150", "train.early_stopping=null"])
+    straight = api.train(config_from_dict({**cfg, "train": {"epochs": 150, "tol": 0.0}}), out=tmp_path / "b")
+    assert resumed.metrics.get("best_epoch") is None and resumed.metrics["epochs"] == 150
+    assert resumed.metrics["train"]["mse"] == pytest.approx(straight.metrics["train"]["mse"], rel=1e-9)
 
 
 def test_resume_a_finished_run_with_more_epochs(tmp_path, cli):

@@ -170,7 +170,11 @@ def frame_to_arrays(frame, feature_names: list[str], target: Optional[str], sour
     y = np.empty(len(sub), dtype=np.float64) if target is not None else None
     features = []
     for j, c in enumerate(cols):
-        col = sub[c].to_numpy(dtype=np.float64, copy=False)
+        # Plain numpy numbers as they are (a float32 or integer column is cast block by block below,
+        # not held as a float64 copy meanwhile); pandas' nullable and other types as float64.
+        s = sub[c]
+        plain = isinstance(s.dtype, np.dtype) and s.dtype.kind in "fiu"
+        col = s.to_numpy(copy=False) if plain else s.to_numpy(dtype=np.float64, copy=False)
         finite = np.isfinite(col)
         if not finite.all():
             r = int(np.argmin(finite))

@@ -61,6 +61,8 @@ class LBFGS:
         group = {k: v for k, v in self.param_groups[0].items() if k != "params"}
         group["params"] = list(range(len(self._params)))
         state = {0: dict(self.state[self._params[0]])} if self._params[0] in self.state else {}
+        if state and self._end is not None:  # where the last step ended: a resumed run starts from it alike
+            state[0].update(end_x=self._end[0], end_f=self._end[1], end_g=self._end[2])
         return {"state": state, "param_groups": [group]}
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -77,9 +79,10 @@ class LBFGS:
                 return [move(x) for x in v]
             return v
 
-        saved = state_dict["state"].get(0, state_dict["state"].get("0"))
+        saved = dict(state_dict["state"].get(0, state_dict["state"].get("0")) or {})
+        end = [saved.pop(k, None) for k in ("end_x", "end_f", "end_g")]
         self.state = {p0: {k: move(v) for k, v in saved.items()}} if saved else {}
-        self._end = None
+        self._end = (move(end[0]), float(end[1]), move(end[2])) if all(v is not None for v in end) else None
 
     # -------------------------------------------------------------- flat views
 
@@ -128,9 +131,10 @@ class LBFGS:
 
         x = self._flat_params()
         end = self._end
-        if end is not None and end[0].shape == x.shape and torch.equal(end[0], x):
+        reused = end is not None and end[0].shape == x.shape and torch.equal(end[0], x)
+        if reused:
             # Where the last step ended (nothing moved the parameters since): its loss and gradient
-            # are known, exactly, even where that point was never evaluated (see _exact_step).
+            # are known, even where that point was never evaluated (see _exact_step).
             f, g = end[1], end[2]
             f0_loss = torch.tensor(f, dtype=x.dtype)
             evals = 0
@@ -139,7 +143,9 @@ class LBFGS:
             state["func_evals"] += 1
             f, g = float(f0_loss), self._flat_grad()
         eps = torch.finfo(x.dtype).eps
-        for _ in range(group["max_iter"]):
+        it = 0
+        while it < group["max_iter"]:
+            it += 1
             if budget() <= 0:
                 break
             if not math.isfinite(f) or not bool(g.abs().max() > 0):
@@ -156,6 +162,16 @@ class LBFGS:
             found = _exact_step(lambda t: evaluate(x + t * d), f, g, d, gtd, t0) if quadratic else None
             if found is None:
                 found = _line_search(lambda t: evaluate(x + t * d), f, g, d, gtd, t0, _noise(x.dtype) * abs(f), budget())
+            if found is None and reused and budget() > 0:
+                # Nothing acceptable from a starting point that was taken over, not evaluated:
+                # evaluate it and try again before calling the point stationary.
+                reused, it = False, it - 1
+                self._set_params(x)
+                f = float(closure().detach())
+                state["func_evals"] += 1
+                evals += 1
+                g = self._flat_grad()
+                continue
             if found is None and s_hist and budget() > 0:
                 # Retry once along the steepest descent, without the memory.
                 s_hist.clear(), y_hist.clear()
@@ -165,6 +181,7 @@ class LBFGS:
             if found is None:
                 state["stalled"] = budget() > 0  # not merely out of evaluations
                 break
+            reused = False
             t, f_new, g_new = found
             s, yv = t * d, g_new - g
             x = x + s
@@ -209,7 +226,7 @@ def _exact_step(phi, f0, g0, d, dphi0, t):
     the minimum is at s = -dphi0 / c, and the gradient there is g0 + (s / t) * (g(t) - g0): the
     exact line search, for the one pass over the data that the trial step costs anyway. With
     exact line searches L-BFGS makes the conjugate-gradient iterates on a quadratic (Nazareth,
-    1979). A 1,000,000 x 32 float32 linear run (bench/speed.py, linear) took 51 passes over
+    1979). A 1,000,000 x 32 float32 linear run (bench/speed.py, linear) took 54 passes over
     the data instead of 75 to the same stop. The curvature must stand out of the rounding of
     the two derivatives, else the bracketing line search takes over.
     """
@@ -225,7 +242,17 @@ def _exact_step(phi, f0, g0, d, dphi0, t):
     # The loss at s from the nearer of the two points (f0 may itself have come from this formula;
     # the trial was evaluated): phi(s) = phi(t) - c (t - s)^2 / 2 = phi(0) - c s^2 / 2.
     f_s = f - 0.5 * c * (t - s) ** 2 if abs(t - s) <= abs(s) else f0 - 0.5 * c * s * s
-    return s, f_s, g0 + (s / t) * (g - g0)
+    g_s = g0 + (s / t) * (g - g0)
+    # The interpolation carries the two gradients' rounding errors, weighted by s/t and 1 - s/t:
+    # trusted only where s is near the trial (as it is once the memory has the curvature) and
+    # the gradient at s stands well above those errors. Elsewhere (the first iterations, near the
+    # minimum, ill-conditioned float32 designs) or if the loss came out below 0, evaluate at s.
+    err = 16 * eps * float(torch.maximum(g0.abs(), g.abs()).max()) * (1 + abs(s / t))
+    if not (0.25 <= s / t <= 4 and float(g_s.abs().max()) > 100 * err and f_s >= 0):
+        f_s, g_s = phi(s)
+        if not math.isfinite(f_s):
+            return None
+    return s, f_s, g_s
 
 
 def _line_search(phi, f0, g0, d, dphi0, t, eps_f, max_ls):

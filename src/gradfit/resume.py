@@ -56,7 +56,7 @@ def capture(head: torch.nn.Module, optimizer, gen: Optional[torch.Generator], ep
 
 
 # training.StopState's numbers, stored in the header's metadata (its best weights as tensors "best.*").
-_STOP_FIELDS = ("best_val", "best_epoch", "since_best", "best_grad", "loss_floor", "calm", "prev_loss")
+_STOP_FIELDS = ("best_val", "best_epoch", "since_best", "best_grad", "loss_floor", "calm", "prev_loss", "tol")
 
 
 def restore(state: ResumeState, head: torch.nn.Module, optimizer, gen: Optional[torch.Generator]) -> None:

@@ -71,7 +71,8 @@ class StopState:
     best_grad: float = math.inf  # lbfgs: the smallest largest-gradient component so far
     loss_floor: float = 0.0  # lbfgs: changes below 8 ulps of the first loss are rounding
     calm: int = 0  # tolerance: consecutive calm epochs,
-    prev_loss: Optional[float] = None  # after the epoch with this train loss
+    prev_loss: Optional[float] = None  # after the epoch with this train loss,
+    tol: Optional[float] = None  # under this train.tol (as given)
 
     def snapshot(self) -> "StopState":
         """A copy safe to keep while training goes on (the best weights cloned to the CPU)."""
@@ -168,15 +169,25 @@ def fit(
     # on for 1700 epochs after reaching the answer, into one of Adam's late spikes). Residuals are
     # resolved to about eps of the target's size (its RMS in training units: 1 when standardized), so
     # an epoch whose loss is below that power of it (in the loss's units) is calm: nothing left to fit.
-    y_rms = 1.0
-    if dist is None and stream is None and data.y.numel():
-        y_rms = float(torch.linalg.vector_norm(data.y)) / math.sqrt(data.y.numel())
-    noise_level = (eps * y_rms) ** loss_power * loss_scale
+    # Streamed rows: the target's size is not at hand, and the rule stays off.
+    noise_level = 0.0
+    if stream is None:
+        sq, count = float(data.y.double().pow(2).sum()), int(data.y.numel())
+        if dist is not None:  # every rank: the sums over all rows
+            sq, count = dist.sum(sq), dist.sum(count)
+        if count:
+            noise_level = (eps * math.sqrt(sq / count)) ** loss_power * loss_scale
     result = TrainResult()
     st = stop_state if stop_state is not None else StopState()
+    inner = getattr(head, "module", head)  # the best weights are the head's own (DDP wraps it in .module)
+    if early_stopping is None:  # resumed without early stopping: its memory does not apply
+        st.best_val, st.best_epoch, st.since_best, st.best_state = math.inf, None, 0, None
     if st.best_state is not None:
-        where = head.state_dict()
+        where = inner.state_dict()
         st.best_state = {k: v.to(where[k].device) if k in where else v for k, v in st.best_state.items()}
+    if st.tol is not None and st.tol != tol:  # resumed with another train.tol: count the calm epochs anew
+        st.calm, st.prev_loss = 0, None
+    st.tol = tol
     result.best_epoch = st.best_epoch
     last_finite: Optional[float] = None
     grad_max: Optional[float] = None  # lbfgs: largest gradient component after the epoch
@@ -290,7 +301,7 @@ def fit(
         if early_stopping is not None and val_loss is not None:
             if val_loss < st.best_val * (1 - early_stopping.min_delta) or st.best_state is None:
                 st.best_val = val_loss
-                st.best_state = copy.deepcopy(head.state_dict())
+                st.best_state = copy.deepcopy(inner.state_dict())
                 st.best_epoch = result.best_epoch = epoch
                 st.since_best = 0
             else:
@@ -327,7 +338,7 @@ def fit(
     if on_end is not None and epoch > start_epoch:
         on_end(epoch)
     if st.best_state is not None:
-        head.load_state_dict(st.best_state)
+        inner.load_state_dict(st.best_state)
     result.epochs = epoch  # start_epoch when no epoch ran
     result.seconds = time.perf_counter() - t0
     return result

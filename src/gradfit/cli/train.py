@@ -312,6 +312,10 @@ def fmt_interval(low, high) -> str:
 MAX_COEFFICIENT_ROWS = 20  # the summary's coefficient table; coefficients.json has them all
 
 
+# Seconds a rank other than 0 leaves an error found before the ranks connect to rank 0 (see _follower).
+FOLLOWER_GRACE = 10.0
+
+
 def _rank() -> int:
     """torchrun's RANK (0 without torchrun)."""
     import os
@@ -334,38 +338,44 @@ class _QuietStop(StopOnSignal):
 def _follower(rank: int, config, set_, out, force, resume) -> None:
     """A rank other than 0: the same training, no output; torchrun's exit code is rank 0's.
 
-    Errors every rank sees alike (config errors, errors agreed on by distributed.Dist.agree)
-    are reported by rank 0 alone; anything else is printed with this rank's number.
+    Errors agreed on by the ranks (distributed.Dist.agree) are reported by rank 0 alone. An error
+    found before the ranks connect (the config, the run directory to resume) is left to rank 0
+    for a while (it reads the same files, reports and exits, and torchrun then stops this rank);
+    if rank 0 has not stopped by then, the error was this rank's alone and it says so itself.
     """
+    import time
+
     from gradfit import api
     from gradfit.config import load_config
     from gradfit.distributed import RankFailed
-    from gradfit.errors import ConfigError, GradfitError
+    from gradfit.errors import GradfitError
 
     imports_done()
     stop = _QuietStop()
     try:
-        if resume is not None:
-            from gradfit.resume import load_run
+        try:
+            if resume is not None:
+                from gradfit.resume import load_run
 
-            try:
-                load_run(resume, set_)  # what rank 0 reads and reports on too
-            except GradfitError as err:
-                err.shared = True
-                raise
+                load_run(resume, set_)
+            else:
+                cfg = load_config(config, set_)
+        except GradfitError as err:
+            time.sleep(FOLLOWER_GRACE)
+            err.message = f"rank {rank}: {err.message}"
+            raise
+        if resume is not None:
             run = api.resume(resume, set_, should_stop=stop, on_start=stop.install)
         else:
-            cfg = load_config(config, set_)
             run = api.train(cfg, out=out, force=force, should_stop=stop, on_start=stop.install)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     except GradfitError as err:
-        if getattr(err, "shared", False) or isinstance(err, ConfigError):
+        if getattr(err, "shared", False):
             # Rank 0 reports it and exits with its code, which becomes torchrun's. Exiting 0 here
-            # lets it: a failed rank makes torchrun stop the others at once, maybe before rank 0 has
-            # printed (an error found before the ranks connect is not awaited by anyone).
+            # lets it: a failed rank makes torchrun stop the others at once, maybe before rank 0 prints.
             raise typer.Exit(0) from None
-        if not isinstance(err, RankFailed):
+        if not isinstance(err, RankFailed) and not err.message.startswith(f"rank {rank}: "):
             err.message = f"rank {rank}: {err.message}"
         raise
     finally:

@@ -122,6 +122,18 @@ def test_resume_under_torchrun_continues_as_one_process_would(tmp_path):
     assert bad.stderr.count("only train.* settings can change") == 1 and "Traceback" not in bad.stderr.split("error:")[0]
 
 
+def test_formula_models_are_refused_under_torchrun(tmp_path):
+    """Levenberg-Marquardt steps on the rows in hand: under torchrun one message, exit 1, no crash."""
+    pd.DataFrame({"x": np.linspace(0, 5, 40), "y": 2.0 * np.exp(0.3 * np.linspace(0, 5, 40))}).to_csv(tmp_path / "e.csv", index=False)
+    cfg = write_config(tmp_path / "f.yaml", name="f", device="cpu", dtype="float64", data={"path": "e.csv"},
+                       model={"kind": "formula", "formula": "y = a * exp(b * x)", "start": {"a": 1.0, "b": 0.1}})
+    proc = torchrun("train", cfg, "--out", tmp_path / "out")
+    assert proc.returncode == 1
+    assert proc.stderr.count("formula models train in one process, not under torchrun") == 1, proc.stderr[-2000:]
+    assert "gloo" not in proc.stderr and "SIGABRT" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_mini_batch_ddp_reaches_the_single_process_validation_loss(tmp_path):
     rng = np.random.default_rng(1)
     x = rng.uniform(-2, 2, size=2_000)

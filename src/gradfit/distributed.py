@@ -593,6 +593,19 @@ def prepare(cfg, dist: Dist, device: torch.device, t0: float):
     from gradfit.training import TrainData
 
     device = dist.device or device
+    if dist.enabled and (cfg.model.kind == "formula" or cfg.optimizer.kind == "lm"):
+        # Levenberg-Marquardt solves its damped least squares on the rows in hand; over several
+        # processes each rank would take its own step, and their collectives would no longer match.
+        def refuse():
+            from gradfit.errors import ConfigError
+
+            raise ConfigError(
+                f"{'formula models' if cfg.model.kind == 'formula' else 'optimizer lm'} train in one process, "
+                f"not under torchrun ({dist.world_size} processes here)",
+                hint="run 'gradfit train' without torchrun (the rows must fit in one process's memory)",
+            )
+
+        dist.agree(refuse)
     if cfg.data.streaming:
         from gradfit import streaming
 

@@ -134,6 +134,18 @@ def test_formula_models_are_refused_under_torchrun(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_an_error_before_the_ranks_connect_is_reported_once_by_rank_0(tmp_path):
+    """device: cuda on a machine without one fails on every rank before they connect: rank 0 says so."""
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    linear_csv(tmp_path / "d.csv")
+    cfg = write_config(tmp_path / "c.yaml", name="c", device="cuda", data={"path": "d.csv"}, model={"kind": "linear"})
+    proc = torchrun("train", cfg, "--out", tmp_path / "out")
+    assert proc.returncode == 1
+    assert proc.stderr.count("error:") == 1 and "rank 1" not in proc.stderr.split("error:")[1].split("\n")[0], proc.stderr[-2000:]
+    assert "cuda" in proc.stderr.split("error:")[1]
+
+
 def test_mini_batch_ddp_reaches_the_single_process_validation_loss(tmp_path):
     rng = np.random.default_rng(1)
     x = rng.uniform(-2, 2, size=2_000)

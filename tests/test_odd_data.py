@@ -120,3 +120,18 @@ def test_read_frame_reads_only_the_needed_columns(tmp_path):
     frame = read_frame(tmp_path / "d.csv", ["x", "y"])
     assert list(frame.columns) == ["x", "y"]
     assert all(str(t) == "float64" for t in frame.dtypes)
+
+
+def test_a_missing_date_stays_missing():
+    """A datetime column becomes numbers (nanoseconds); a missing date (NaT) is a missing value,
+    reported or dropped like any other, not the number -9.2e18."""
+    from gradfit.data import frame_to_arrays
+    from gradfit.errors import DataError
+
+    frame = pd.DataFrame({"t": pd.date_range("2026-01-01", periods=5, freq="D"), "y": np.arange(5.0)})
+    frame.loc[2, "t"] = pd.NaT
+    with pytest.raises(DataError, match="missing value.*column 't' at row 3"):
+        frame_to_arrays(frame.copy(), ["t"], "y", "d.parquet", dropna=False, first_row=1)
+    X, y, notes = frame_to_arrays(frame.copy(), ["t"], "y", "d.parquet", dropna=True, first_row=1)
+    assert X.shape == (4, 1) and list(y) == [0.0, 1.0, 3.0, 4.0] and "dropped 1 row" in notes[0]
+    assert X.min() > 1e15  # 2026 in microseconds (or nanoseconds) since 1970

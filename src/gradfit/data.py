@@ -147,7 +147,7 @@ def frame_to_arrays(frame, feature_names: list[str], target: Optional[str], sour
                     f"{source}: column {c!r} is not numeric: row {i + first_data_line} holds {s.iloc[i]!r}",
                     hint="gradfit fits numeric columns only; fix or remove that value, or leave the column out of data.features",
                 )
-            frame[c] = num
+            frame[c] = num.where(s.notna())  # a missing date (NaT) stays missing, not -9.2e18
     sub = frame[cols]
     missing = sub.isna()
     n_missing_rows = int(missing.any(axis=1).sum())

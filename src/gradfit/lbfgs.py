@@ -159,7 +159,8 @@ class LBFGS:
                 t0 = min(1.0, 1.0 / float(g.abs().sum())) * group["lr"]
             else:
                 t0 = group["lr"]
-            found = _exact_step(lambda t: evaluate(x + t * d), f, g, d, gtd, t0) if quadratic else None
+            found = (_exact_step(lambda t: evaluate(x + t * d), f, g, d, gtd, t0, _noise(x.dtype) * abs(f))
+                     if quadratic and budget() >= 2 else None)
             if found is None:
                 found = _line_search(lambda t: evaluate(x + t * d), f, g, d, gtd, t0, _noise(x.dtype) * abs(f), budget())
             if found is None and reused and budget() > 0:
@@ -219,7 +220,7 @@ class LBFGS:
         return r
 
 
-def _exact_step(phi, f0, g0, d, dphi0, t):
+def _exact_step(phi, f0, g0, d, dphi0, t, eps_f):
     """The minimum along d of a quadratic loss, from one evaluation at t: (step, loss, grad) or None.
 
     A quadratic's gradient is affine, so phi'(s) = dphi0 + s * c with c = (phi'(t) - dphi0) / t,
@@ -228,7 +229,8 @@ def _exact_step(phi, f0, g0, d, dphi0, t):
     exact line searches L-BFGS makes the conjugate-gradient iterates on a quadratic (Nazareth,
     1979). A 1,000,000 x 32 float32 linear run (bench/speed.py, linear) took 54 passes over
     the data instead of 75 to the same stop. The curvature must stand out of the rounding of
-    the two derivatives, else the bracketing line search takes over.
+    the two derivatives, and an evaluated minimum must not be above the start beyond the
+    loss's rounding (``eps_f``), else the bracketing line search takes over.
     """
     f, g = phi(t)
     dp = float(g.dot(d)) if math.isfinite(f) else math.nan
@@ -250,7 +252,7 @@ def _exact_step(phi, f0, g0, d, dphi0, t):
     err = 16 * eps * float(torch.maximum(g0.abs(), g.abs()).max()) * (1 + abs(s / t))
     if not (0.25 <= s / t <= 4 and float(g_s.abs().max()) > 100 * err and f_s >= 0):
         f_s, g_s = phi(s)
-        if not math.isfinite(f_s):
+        if not f_s <= f0 + eps_f:  # rounding made the model wrong here: the bracketing search decides
             return None
     return s, f_s, g_s
 

@@ -184,7 +184,10 @@ def fit(
         st.best_val, st.best_epoch, st.since_best, st.best_state = math.inf, None, 0, None
     if st.best_state is not None:
         where = inner.state_dict()
-        st.best_state = {k: v.to(where[k].device) if k in where else v for k, v in st.best_state.items()}
+        # (states saved on 2026-11-22 by a torchrun run named them as DDP does: module.*)
+        best = {k[len("module."):] if k.startswith("module.") and k[len("module."):] in where else k: v
+                for k, v in st.best_state.items()}
+        st.best_state = {k: v.to(where[k].device) if k in where else v for k, v in best.items()}
     if st.tol is not None and st.tol != tol:  # resumed with another train.tol: count the calm epochs anew
         st.calm, st.prev_loss = 0, None
     st.tol = tol

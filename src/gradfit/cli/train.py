@@ -352,22 +352,17 @@ def _follower(rank: int, config, set_, out, force, resume) -> None:
 
     imports_done()
     stop = _QuietStop()
-    try:
-        try:
-            if resume is not None:
-                from gradfit.resume import load_run
+    started: list = []  # training began: the ranks are connected
 
-                load_run(resume, set_)
-            else:
-                cfg = load_config(config, set_)
-        except GradfitError as err:
-            time.sleep(FOLLOWER_GRACE)
-            err.message = f"rank {rank}: {err.message}"
-            raise
+    def on_start(prep) -> None:
+        started.append(True)
+        stop.install(prep)
+
+    try:
         if resume is not None:
-            run = api.resume(resume, set_, should_stop=stop, on_start=stop.install)
+            run = api.resume(resume, set_, should_stop=stop, on_start=on_start)
         else:
-            run = api.train(cfg, out=out, force=force, should_stop=stop, on_start=stop.install)
+            run = api.train(load_config(config, set_), out=out, force=force, should_stop=stop, on_start=on_start)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     except GradfitError as err:
@@ -375,7 +370,9 @@ def _follower(rank: int, config, set_, out, force, resume) -> None:
             # Rank 0 reports it and exits with its code, which becomes torchrun's. Exiting 0 here
             # lets it: a failed rank makes torchrun stop the others at once, maybe before rank 0 prints.
             raise typer.Exit(0) from None
-        if not isinstance(err, RankFailed) and not err.message.startswith(f"rank {rank}: "):
+        if not started:  # found before training began (the config, the device, the run to resume): rank 0's to say
+            time.sleep(FOLLOWER_GRACE)
+        if not isinstance(err, RankFailed):
             err.message = f"rank {rank}: {err.message}"
         raise
     finally:

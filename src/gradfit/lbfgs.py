@@ -227,7 +227,7 @@ def _exact_step(phi, f0, g0, d, dphi0, t, eps_f):
     the minimum is at s = -dphi0 / c, and the gradient there is g0 + (s / t) * (g(t) - g0): the
     exact line search, for the one pass over the data that the trial step costs anyway. With
     exact line searches L-BFGS makes the conjugate-gradient iterates on a quadratic (Nazareth,
-    1979). A 1,000,000 x 32 float32 linear run (bench/speed.py, linear) took 54 passes over
+    1979). A 1,000,000 x 32 float32 linear run (bench/speed.py, linear) took 52 passes over
     the data instead of 75 to the same stop. The curvature must stand out of the rounding of
     the two derivatives, and an evaluated minimum must not be above the start beyond the
     loss's rounding (``eps_f``), else the bracketing line search takes over.

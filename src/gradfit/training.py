@@ -172,13 +172,18 @@ def fit(
     # Streamed rows: the target's size is not at hand, and the rule stays off.
     noise_level = 0.0
     if stream is None:
-        sq, count = float(data.y.double().pow(2).sum()), int(data.y.numel())
+        sq, count = float(torch.linalg.vector_norm(data.y, dtype=torch.float64)) ** 2, int(data.y.numel())
         if dist is not None:  # every rank: the sums over all rows
             sq, count = dist.sum(sq), dist.sum(count)
         if count:
             noise_level = (eps * math.sqrt(sq / count)) ** loss_power * loss_scale
     result = TrainResult()
     st = stop_state if stop_state is not None else StopState()
+
+    def calm_change(prev: Optional[float], loss: float) -> bool:
+        """The tolerance rule's test of one epoch: the loss barely moved, or it is rounding noise."""
+        return (prev is not None and abs(prev - loss) <= max(tol * abs(prev), st.loss_floor)) or loss <= noise_level
+
     inner = getattr(head, "module", head)  # the best weights are the head's own (DDP wraps it in .module)
     if early_stopping is None:  # resumed without early stopping: its memory does not apply
         st.best_val, st.best_epoch, st.since_best, st.best_state = math.inf, None, 0, None
@@ -201,11 +206,7 @@ def fit(
         last_finite = history[-1].train_loss
         if st.prev_loss is None:  # a state saved without the rules' memory: replay the last epochs
             for rec in history[-(window + 1):]:
-                if st.prev_loss is not None and (abs(st.prev_loss - rec.train_loss) <= tol * abs(st.prev_loss)
-                                                 or rec.train_loss <= noise_level):
-                    st.calm += 1
-                else:
-                    st.calm = 0
+                st.calm = st.calm + 1 if calm_change(st.prev_loss, rec.train_loss) else 0
                 st.prev_loss = rec.train_loss
 
     def closure():
@@ -322,11 +323,7 @@ def fit(
         grad_progress = grad_max is not None and grad_max < GRAD_PROGRESS * st.best_grad
         if grad_max is not None:
             st.best_grad = min(st.best_grad, grad_max)
-        change = abs(st.prev_loss - train_loss) if st.prev_loss is not None else math.inf
-        if not grad_progress and (change <= max(tol * abs(st.prev_loss or 0.0), st.loss_floor) or train_loss <= noise_level):
-            st.calm += 1
-        else:
-            st.calm = 0
+        st.calm = st.calm + 1 if not grad_progress and calm_change(st.prev_loss, train_loss) else 0
         st.prev_loss = train_loss
         if checkpoint_every and on_checkpoint is not None and epoch % checkpoint_every == 0:
             on_checkpoint(epoch)  # after the rules took this epoch in: a resume continues from here exactly

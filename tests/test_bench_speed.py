@@ -53,3 +53,18 @@ def test_subprocess_sections_run(tmp_path):
     doc = json.loads((tmp_path / "s.json").read_text())
     assert [r["section"] for r in doc["results"]] == ["startup", "memory"]
     assert any("gradfit --help" in r and "imports torch: False" in r for r in doc["results"][0]["references"])
+
+
+def test_linear_pass_benchmark_runs_and_reports_each_way(capsys):
+    path = SPEED.parent / "linear_pass.py"
+    spec = importlib.util.spec_from_file_location("bench_linear_pass", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--tiny"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| 5,000 x 6")]
+    assert len(rows) == 2 and all(line.count("x (") >= 2 for line in rows)
+    from gradfit import fastopt
+
+    if fastopt._fused is not None:
+        assert "compiled kernel: built" in out and all("n/a" not in line for line in rows)

@@ -19,6 +19,8 @@ from gradfit.exact import exact_least_squares
 from gradfit.models import LinearHead
 from gradfit.uncertainty import uncertainty
 
+needs_kernel = pytest.mark.skipif(fastopt._fused is None, reason="gradfit._fused was not built")
+
 
 def _cfg(tmp_path, **over):
     d = {
@@ -51,8 +53,8 @@ def test_chunked_prepare_gives_the_direct_fit(tmp_path, monkeypatch):
     monkeypatch.setattr(api, "DESIGN_CHUNK_ROWS", 300)
     monkeypatch.setattr(models, "DESIGN_CHUNK_ROWS", 300)
     prep = api.prepare(_cfg(tmp_path))
-    # Full batch on the CPU: the training design is stored column by column, the validation one by rows.
-    assert fastopt.column_major(prep.data.Z) and prep.data.Z_val.is_contiguous()
+    # Full batch on the CPU: the training and validation designs are stored column by column.
+    assert fastopt.column_major(prep.data.Z) and fastopt.column_major(prep.data.Z_val)
     chunked = api.train(_cfg(tmp_path), write=False)
     for key in ("train", "val"):
         for m in ("mse", "mae", "r2"):
@@ -101,8 +103,10 @@ def test_predict_rows_equals_predict_on_the_copied_rows(tmp_path):
     assert torch.allclose(got, run.model.predict(prep.ds.X[rows]), rtol=1e-14, atol=0)
 
 
+@pytest.mark.parametrize("kernel", [False, pytest.param(True, marks=needs_kernel)])
 @pytest.mark.parametrize("intercept", [True, False])
-def test_linear_mse_on_a_column_major_design_equals_autograd(intercept):
+def test_linear_mse_on_a_column_major_design_equals_autograd(intercept, kernel, monkeypatch):
+    monkeypatch.setattr(fastopt, "KERNEL_VALUES_PER_THREAD", 1)  # several parts even for a small design
     g = torch.Generator().manual_seed(1)
     X = torch.randn(1000, 6, dtype=torch.float64, generator=g)
     y = X @ torch.arange(1.0, 7.0, dtype=torch.float64) + 0.3
@@ -120,7 +124,8 @@ def test_linear_mse_on_a_column_major_design_equals_autograd(intercept):
     ref = [p.grad.clone() for p in head.parameters()]
     for p in head.parameters():
         p.grad = None
-    fast = fastopt.LinearMSE(head, Xc, y, chunk_rows=64)
+    fast = fastopt.LinearMSE(head, Xc, y, chunk_rows=64, kernel=kernel)
+    assert fast.kernel == kernel
     assert len(fast.parts) > 1  # the rows are shared out (on one thread too: parts are taken in turn)
     got = fast()
     assert float(got) == pytest.approx(float(loss), rel=1e-13)

@@ -124,9 +124,12 @@ def prepare(cfg: Config) -> Prepared:
     else:
         X_tr, y_tr = ds.X[split.train], ds.y[split.train]
         model = build_model(cfg, ds.feature_names, ds.target_name, X_tr, y_tr, device, generator(cfg.seed, STREAM_INIT))
-        data = TrainData(model.design(X_tr), model.scaled_target(y_tr))
+        Z = model.design(X_tr, column_major=True) if _column_major(cfg, device, split) else model.design(X_tr)
+        data = TrainData(Z, model.scaled_target(y_tr))
     if split.val.numel():
-        data.Z_val = model.design(ds.X[split.val]) if cfg.model.kind == "formula" else model.design(ds.X, rows=split.val)
+        # (the validation loss of such a run is one pass of the same kind, loss only)
+        data.Z_val = (model.design(ds.X[split.val]) if cfg.model.kind == "formula"
+                      else model.design(ds.X, rows=split.val, column_major=_column_major(cfg, device, split)))
         data.y_val = model.scaled_target(ds.y[split.val])
     plan = optim.plan(cfg, data.Z)
     return Prepared(cfg, device, ds, split, model, data, losses.from_config(cfg), plan, time.perf_counter() - t0)

@@ -11,7 +11,9 @@ Why these exist (measured on 2 CPU cores, torch 2.13):
   one, the ``_foreach`` kernels otherwise.
 - A full-batch linear head with MSE loss reads the design twice per epoch through
   autograd (``Z @ w`` forward, ``Z^T r`` backward). ``LinearMSE`` computes the same loss
-  and gradient in one pass, in row chunks that stay in cache between the two products.
+  and gradient in one pass, in row blocks that stay in cache between the two products:
+  with the compiled kernel ``gradfit._fused`` where it was built, with torch's
+  matrix-vector products on row chunks otherwise.
 - Mini-batches drawn by indexing a permutation cost one gather per batch;
   ``shuffled_batches`` gathers many batches at once into a reused buffer and hands
   out contiguous slices (same rows, same order, same numbers).
@@ -20,10 +22,16 @@ Why these exist (measured on 2 CPU cores, torch 2.13):
 from __future__ import annotations
 
 import contextlib
+import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Optional
 
 import torch
+
+try:  # the compiled one-pass kernel (setup.py); missing where no C compiler was at hand
+    from gradfit import _fused
+except ImportError:  # pragma: no cover - depends on the build
+    _fused = None
 
 # Rows per chunk of the one-pass gradient: about this many bytes of design, so that a
 # chunk read by the first product is still in the core's cache for the second.
@@ -32,6 +40,11 @@ CHUNK_BYTES = 1 << 20
 GATHER_BYTES = 4 << 20
 # LinearMSE: row parts per thread (taken in turn, so that a held-up core delays the pass less).
 PARTS_PER_THREAD = 4
+# The compiled kernel: bytes of design per row block (the second product finds the block in L1/L2),
+# and design values per thread below which fewer threads are used (waking a thread costs tens of us,
+# more on shared cores).
+KERNEL_BLOCK_BYTES = 32 << 10
+KERNEL_VALUES_PER_THREAD = 1 << 18
 # Mini-batches of at most this many design values run their ops on one thread (see single_threaded).
 SMALL_BATCH_VALUES = 1 << 16
 
@@ -277,58 +290,83 @@ class Adam(_Optimizer):
 class LinearMSE:
     """Loss and gradient of ``mean((Z @ weight + bias - y)^2)`` for a ``LinearHead``, reading Z once.
 
-    For each chunk of rows: r = Z_c w - (y_c - b), then g += Z_c^T r while Z_c is still in
+    For each block of rows: r = Z_b w + b - y_b, then g += Z_b^T r while Z_b is still in
     cache. Calling it sets ``.grad`` of the head's parameters (what ``loss.backward()``
     would) and returns the loss as a 0-dim tensor, so it serves as an optimizer closure.
     On a GPU the whole design is one chunk (bandwidth is plenty; launches are not).
 
-    Measured on 2 CPU cores (torch 2.13, MKL), 1,000,000 x 64 float32:
+    Two ways to do the passes, same numbers up to rounding (tests compare both with autograd):
 
-    - Layout. On a design stored column by column (``column_major``: what api.prepare builds
-      for full-batch linear runs), Z_c w is a sum of columns, which streams at the speed of
-      a plain read of Z; on a row-major design it is a 64-long dot product per row, 2 to 4
-      times slower than the read, and that product is the one that reads Z from memory.
-      Both layouts give the same numbers up to rounding.
-    - Chunks of about ``CHUNK_BYTES`` (1 MiB: the second product finds the chunk in the
-      core's 2 MiB L2; 2 MiB chunks spill, 256 KiB ones pay the per-op cost more often).
-    - Per-op cost. A torch op costs a few microseconds of Python and dispatch, a slice
-      as much: the chunk views are made once, and each chunk costs two ops.
-    - Threads. The chunks are shared out to as many threads as torch uses, each running its
-      ops on one thread (no intra-op barrier per small op); each thread sums its own rows
-      and the partial sums are added in a fixed order, so results do not depend on timing.
-    - Repeated points. Called again at the weights of its last call (L-BFGS evaluates the
-      point the previous epoch ended at), it gives the stored loss and gradient back
-      without reading Z.
+    - The compiled kernel (``gradfit._fused``, built from ``_fused.c`` at install) on a
+      column-major float32/float64 design on the CPU: one call per part of the rows, blocks
+      of ``KERNEL_BLOCK_BYTES``, partial sums in double. Measured on 2 CPU cores, 1,000,000 x
+      64 float32: 1.2-1.45x one read of Z (``python bench/linear_pass.py``, ``bench/speed.py``).
+    - torch's matrix-vector products on chunks of ``CHUNK_BYTES`` (1 MiB, for the core's 2 MiB
+      L2), two ops per chunk, the chunk views made once: 1.6-2.0x one read of Z in the same
+      runs. MKL's second product from L2 costs a third of the chunk's memory time, and a core
+      does not stream while it computes. Used on other devices and layouts, or when the kernel
+      was not built (``kernel=False`` asks for it).
+
+    Layout: on a design stored column by column (``column_major``: what api.prepare builds for
+    full-batch linear runs), Z_b w is a sum of columns, which streams at the speed of a plain
+    read; on a row-major design torch's product is a 64-long dot product per row, 2 to 4 times
+    slower than the read.
+
+    Threads: the parts are shared out to as many threads as torch uses, taken in turn by
+    whichever thread is free (on shared cores one can be held up), each running single-threaded
+    (no intra-op barrier per small op; the kernel releases the GIL). Each part sums its own rows
+    and the parts are added in a fixed order, so results do not depend on timing.
+
+    Repeated points: called again at the weights of its last call (L-BFGS evaluates the point
+    the previous epoch ended at), it gives the stored loss and gradient back without reading Z.
     """
 
     quadratic = True  # the loss is a quadratic in the weights (lbfgs: exact line searches)
 
-    def __init__(self, head, Z: torch.Tensor, y: torch.Tensor, chunk_rows: Optional[int] = None, remember: bool = True):
+    def __init__(self, head, Z: torch.Tensor, y: torch.Tensor, chunk_rows: Optional[int] = None,
+                 remember: bool = True, kernel: Optional[bool] = None):
         self.head, self.Z, self.y = head, Z, y
         self.remember = remember  # keep the last point's loss and gradient (L-BFGS asks for it again)
         n, m = Z.shape
         self.n = n
         on_cpu = Z.device.type == "cpu"
+        usable = kernel_applies(Z, y) and all(
+            p.dtype == Z.dtype and p.device == Z.device for p in (head.weight, head.bias) if p is not None)
+        if kernel and not usable:
+            raise ValueError("the compiled kernel needs gradfit._fused and a column-major float32/float64 "
+                             "design on the CPU, with a contiguous target and parameters of its dtype")
+        self.kernel = usable if kernel is None else bool(kernel)
         if chunk_rows is None:
-            chunk_rows = max(256, CHUNK_BYTES // max(1, m * Z.element_size())) if on_cpu else n
+            if self.kernel:
+                chunk_rows = max(16, KERNEL_BLOCK_BYTES // max(1, m * Z.element_size()) // 16 * 16)
+            else:
+                chunk_rows = max(256, CHUNK_BYTES // max(1, m * Z.element_size())) if on_cpu else n
         self.chunk = c = max(1, int(chunk_rows))
         self.r = torch.empty(n, dtype=Z.dtype, device=Z.device)  # (n,) residuals of the last call
-        # y - b, refreshed per call (the bias folded into the target: one op per chunk fewer).
-        self.t = torch.empty_like(y) if head.bias is not None else y
-        self.threads = k = max(1, min(torch.get_num_threads() if on_cpu else 1, n // (4 * c)))
+        if self.kernel:
+            threads = min(torch.get_num_threads(), (n * max(1, m)) // KERNEL_VALUES_PER_THREAD)
+        else:
+            threads = min(torch.get_num_threads() if on_cpu else 1, n // (4 * c))
+        self.threads = k = max(1, threads)
         # More parts than threads, taken in turn by whichever thread is free: on shared cores one
         # thread can be held up, and the other then does more of the rows.
         parts = k * PARTS_PER_THREAD if k > 1 else 1
         parts = max(1, min(parts, n // c))
         bounds = [((n * i // parts) // c) * c for i in range(parts)] + [n]
         self.parts = [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+        self._last = None  # (weights, bias, loss, grad w, grad b) of the last call
+        if self.kernel:
+            self.g = torch.zeros((len(self.parts), m), dtype=torch.float64)  # each part's Z^T r
+            self.ld = Z.stride(1) if m > 1 else n  # column j starts j * ld values after column 0
+            return
+        # y - b, refreshed per call (the bias folded into the target: one op per chunk fewer).
+        self.t = torch.empty_like(y) if head.bias is not None else y
         self.views = [
             [(Z[i : min(i + c, b)], Z[i : min(i + c, b)].T, self.t[i : min(i + c, b)], self.r[i : min(i + c, b)])
              for i in range(a, b, c)]
             for a, b in self.parts
         ]
         self.rows = [(y[a:b], self.t[a:b], self.r[a:b]) for a, b in self.parts]  # each part's y, y - b, r
-        self._last = None  # (weights, bias, loss, grad w, grad b) of the last call
 
     @staticmethod
     def applies(head, loss_fn, Z: torch.Tensor) -> bool:
@@ -347,6 +385,11 @@ class LinearMSE:
 
     def _part(self, p: int, w, b, grad: bool):
         """Residuals of part p's rows into ``self.r``; (Z_p^T r_p or None, r_p.r_p, sum r_p)."""
+        if self.kernel:
+            a, e = self.parts[p]
+            return _fused.linear_mse(
+                self.Z.data_ptr(), self.ld, self.Z.shape[1], w.data_ptr(), self.y.data_ptr(), b, self.r.data_ptr(),
+                a, e, self.chunk, self.g[p].data_ptr() if grad else 0, self.Z.dtype == torch.float64)
         y, t, r = self.rows[p]
         if b is not None:
             torch.sub(y, b, out=t)
@@ -358,27 +401,57 @@ class LinearMSE:
                 g = torch.mv(ZcT, rc) if g is None else g.addmv_(ZcT, rc)
         return g, torch.dot(r, r), (r.sum() if b is not None else None)
 
-    def residuals(self, *, grad: bool):
-        """Fill ``self.r`` with Z w + b - y; returns (Z^T r or None, r.r, sum r or None)."""
-        w = self.head.weight.detach()
-        b = self.head.bias.detach() if self.head.bias is not None else None
-        if self.Z.device.type != "cpu" or (len(self.parts) == 1 and torch.get_num_threads() == 1):
-            return self._part(0, w, b, grad)
-        if len(self.parts) == 1:
-            with single_threaded():
-                return self._part(0, w, b, grad)
+    def _run_parts(self, w, b, grad: bool) -> list:
+        """Each part's ``_part`` result, in part order; the parts shared out to the threads."""
         results: list = [None] * len(self.parts)
+        if self.Z.device.type != "cpu" or len(self.parts) == 1 and (self.kernel or torch.get_num_threads() == 1):
+            results[0] = self._part(0, w, b, grad)
+            return results
+        # torch's ops on one thread each (the kernel does not use torch's threads).
+        threads = contextlib.nullcontext() if self.kernel else single_threaded()
+        if len(self.parts) == 1:
+            with threads:
+                results[0] = self._part(0, w, b, grad)
+            return results
         queue = iter(range(len(self.parts)))  # next() under the GIL: each part is taken once
 
         def work():
             for p in queue:
                 results[p] = self._part(p, w, b, grad)
 
-        with single_threaded():
+        with threads:
             others = [_pool(self.threads - 1).submit(work) for _ in range(self.threads - 1)]
             work()
             for f in others:
                 f.result()
+        return results
+
+    def _kernel_pass(self, grad: bool, scale: float):
+        """The compiled pass: (scale * Z^T r as a new tensor or None, r.r, sum r) (Python floats for the sums)."""
+        head = self.head
+        w = head.weight.detach()
+        if not w.is_contiguous():
+            w = w.contiguous()
+        b = float(head.bias) if head.bias is not None else 0.0
+        results = self._run_parts(w, b, grad)
+        g = None
+        if grad:  # the parts' double sums, added in part order and scaled, in the design's dtype
+            g = torch.empty_like(w)
+            _fused.gather(self.g.data_ptr(), len(self.parts), w.shape[0], scale, g.data_ptr(),
+                          g.dtype == torch.float64)
+        if len(results) == 1:
+            return g, results[0][0], results[0][1]
+        return g, math.fsum(r[0] for r in results), math.fsum(r[1] for r in results)
+
+    def residuals(self, *, grad: bool):
+        """Fill ``self.r`` with Z w + b - y; returns (Z^T r or None, r.r, sum r or None) as tensors of Z's dtype."""
+        if self.kernel:
+            g, rr, rs = self._kernel_pass(grad, 1.0)
+            dtype = self.Z.dtype
+            return g, torch.tensor(rr, dtype=dtype), (torch.tensor(rs, dtype=dtype) if self.head.bias is not None else None)
+        w = self.head.weight.detach()
+        b = self.head.bias.detach() if self.head.bias is not None else None
+        results = self._run_parts(w, b, grad)
         # Added in part order, whichever thread computed them: the sums do not depend on timing.
         g, rr, rs = results[0]
         for gi, rri, rsi in results[1:]:
@@ -406,11 +479,18 @@ class LinearMSE:
             if head.bias is not None:
                 head.bias.grad = gb.clone()
             return loss.clone()
-        gw, rr, rs = self.residuals(grad=True)
-        head.weight.grad = gw.mul_(2.0 / n)
-        if head.bias is not None:
-            head.bias.grad = rs.mul_(2.0 / n)
-        loss = rr.div_(n)
+        if self.kernel:  # the gradient scaled in the kernel's sum, the loss from a double: fewer small ops
+            gw, rr, rs = self._kernel_pass(True, 2.0 / n)
+            head.weight.grad = gw
+            if head.bias is not None:
+                head.bias.grad = torch.tensor(rs * (2.0 / n), dtype=gw.dtype)
+            loss = torch.tensor(rr / n, dtype=gw.dtype)
+        else:
+            gw, rr, rs = self.residuals(grad=True)
+            head.weight.grad = gw.mul_(2.0 / n)
+            if head.bias is not None:
+                head.bias.grad = rs.mul_(2.0 / n)
+            loss = rr.div_(n)
         if self.remember:
             self._last = (head.weight.detach().clone(), None if head.bias is None else head.bias.detach().clone(),
                           loss.clone(), head.weight.grad.clone(), None if head.bias is None else head.bias.grad.clone())
@@ -419,7 +499,27 @@ class LinearMSE:
     @torch.no_grad()
     def loss(self) -> torch.Tensor:
         """The loss alone (one pass, no gradient)."""
+        if self.kernel:
+            return torch.tensor(self._kernel_pass(False, 1.0)[1] / self.n, dtype=self.Z.dtype)
         return self.residuals(grad=False)[1].div_(self.n)
+
+
+def kernel_applies(Z: torch.Tensor, y: torch.Tensor) -> bool:
+    """Whether the compiled kernel can take this design and target (see LinearMSE)."""
+    return (
+        _fused is not None
+        and Z.device.type == "cpu"
+        and Z.dtype in (torch.float32, torch.float64)
+        and Z.ndim == 2
+        and Z.shape[0] > 0
+        and Z.shape[1] > 0
+        and Z.stride(0) == 1
+        and (Z.shape[1] <= 1 or Z.stride(1) >= Z.shape[0])
+        and y.device.type == "cpu"
+        and y.dtype == Z.dtype
+        and y.shape == Z.shape[:1]
+        and y.is_contiguous()
+    )
 
 
 def column_major(Z: torch.Tensor) -> bool:

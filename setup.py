@@ -10,7 +10,7 @@ import sys
 from setuptools import Extension, setup
 
 if sys.platform == "win32":
-    args = ["/O2", "/openmp:experimental"]
+    args = ["/O2", "/std:c11", "/openmp:experimental"]
 else:
     args = ["-O3", "-fopenmp-simd", "-std=c99"]
 

@@ -168,3 +168,40 @@ def test_training_with_the_kernel_follows_the_torch_path(tmp_path, monkeypatch):
     assert len(a) == len(b) > 10
     assert a == pytest.approx(b, rel=1e-10)
     assert fast.metrics["exact"]["gap"] < 1e-8
+
+
+@needs_kernel
+def test_kernel_refuses_parameters_that_do_not_fit_the_design():
+    # The kernel reads the weight through a raw pointer: a mismatch must be an error, never a read past its end.
+    Z, y = _design(1000, 6, torch.float64)
+    small = _head(4, True, torch.float64)
+    fast = fastopt.LinearMSE(small, Z, y)
+    assert not fast.kernel  # torch's path, which refuses the product itself
+    with pytest.raises(RuntimeError):
+        fast()
+    with pytest.raises(ValueError, match=r"weight \(m,\)"):
+        fastopt.LinearMSE(small, Z, y, kernel=True)
+    matrix = torch.nn.Linear(6, 1, bias=False, dtype=torch.float64)  # weight (1, 6)
+    assert not fastopt.LinearMSE(matrix, Z, y).kernel
+    head = _head(6, True, torch.float64)
+    fast = fastopt.LinearMSE(head, Z, y)
+    assert fast.kernel
+    head.weight = torch.nn.Parameter(torch.zeros(4, dtype=torch.float64))  # swapped after construction
+    with pytest.raises(RuntimeError, match="no longer match"):
+        fast()
+
+
+@needs_kernel
+def test_kernel_blocks_are_capped_whatever_chunk_rows_asks():
+    # Partial sums within a block are in the design's dtype: a long block would lose float32 digits.
+    n = 1 << 20
+    Z = fastopt.empty_design(n, 1, torch.float32, "cpu", column_major=True)
+    Z.fill_(1.0)
+    y = torch.full((n,), 0.9, dtype=torch.float32)
+    head = LinearHead(1, False, torch.float32)
+    with torch.no_grad():
+        head.weight.fill_(1.0)
+    fast = fastopt.LinearMSE(head, Z, y, chunk_rows=n, remember=False)
+    assert fast.chunk < n
+    want = (1.0 - float(torch.tensor(0.9, dtype=torch.float32))) ** 2
+    assert float(fast()) == pytest.approx(want, rel=2e-6)  # (torch's products: 7e-5 here)

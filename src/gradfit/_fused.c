@@ -17,17 +17,19 @@
 #include <stdint.h>
 
 /* One build for any x86-64 machine: AVX-512, AVX2+FMA and baseline versions of each kernel,
- * chosen at load time by the CPU (GCC and Clang function multiversioning). */
-#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
+ * chosen at load time by the CPU (GCC's function multiversioning; GCC 11 knows the x86-64-v3/v4
+ * levels). Other compilers build the baseline version. */
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__x86_64__) && defined(__linux__)
 #define GRADFIT_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#endif
 #endif
 #ifndef GRADFIT_CLONES
 #define GRADFIT_CLONES
 #endif
 #if !defined(__GNUC__) && !defined(__clang__)
 #define __builtin_prefetch(p, rw, locality) ((void)0)
+#endif
+#if defined(_MSC_VER) && !defined(__clang__)
+#define restrict __restrict
 #endif
 #define LINE 64 /* bytes per cache line */
 
@@ -121,6 +123,8 @@ static PyObject *linear_mse(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "linear_mse: null pointer or inconsistent sizes");
         return NULL;
     }
+    if (block > b - a)
+        block = b - a > 0 ? b - a : 1; /* (and s + block cannot overflow) */
     double out[2] = {0.0, 0.0};
     Py_BEGIN_ALLOW_THREADS
     if (dbl)

@@ -44,6 +44,7 @@ PARTS_PER_THREAD = 4
 # and design values per thread below which fewer threads are used (waking a thread costs tens of us,
 # more on shared cores).
 KERNEL_BLOCK_BYTES = 32 << 10
+KERNEL_BLOCK_ROWS = 1024  # at most (sums within a block are in the design's dtype: keep them short)
 KERNEL_VALUES_PER_THREAD = 1 << 18
 # Mini-batches of at most this many design values run their ops on one thread (see single_threaded).
 SMALL_BATCH_VALUES = 1 << 16
@@ -330,17 +331,17 @@ class LinearMSE:
         n, m = Z.shape
         self.n = n
         on_cpu = Z.device.type == "cpu"
-        usable = kernel_applies(Z, y) and all(
-            p.dtype == Z.dtype and p.device == Z.device for p in (head.weight, head.bias) if p is not None)
+        usable = kernel_applies(Z, y) and _kernel_params_fit(head, Z)
         if kernel and not usable:
             raise ValueError("the compiled kernel needs gradfit._fused and a column-major float32/float64 "
-                             "design on the CPU, with a contiguous target and parameters of its dtype")
+                             "design on the CPU, with a contiguous target, and a weight (m,) and bias of its dtype")
         self.kernel = usable if kernel is None else bool(kernel)
-        if chunk_rows is None:
-            if self.kernel:
-                chunk_rows = max(16, KERNEL_BLOCK_BYTES // max(1, m * Z.element_size()) // 16 * 16)
-            else:
-                chunk_rows = max(256, CHUNK_BYTES // max(1, m * Z.element_size())) if on_cpu else n
+        if self.kernel:
+            # (at most the default block: the kernel's partial sums over a block are in Z's dtype)
+            block = max(16, min(KERNEL_BLOCK_ROWS, KERNEL_BLOCK_BYTES // max(1, m * Z.element_size())) // 16 * 16)
+            chunk_rows = block if chunk_rows is None else min(int(chunk_rows), block)
+        elif chunk_rows is None:
+            chunk_rows = max(256, CHUNK_BYTES // max(1, m * Z.element_size())) if on_cpu else n
         self.chunk = c = max(1, int(chunk_rows))
         self.r = torch.empty(n, dtype=Z.dtype, device=Z.device)  # (n,) residuals of the last call
         if self.kernel:
@@ -427,8 +428,13 @@ class LinearMSE:
         return results
 
     def _kernel_pass(self, grad: bool, scale: float):
-        """The compiled pass: (scale * Z^T r as a new tensor or None, r.r, sum r) (Python floats for the sums)."""
+        """The compiled pass: (scale * Z^T r as a new tensor or None, r.r, sum r) (Python floats for the sums).
+
+        Not re-entrant: one call at a time per LinearMSE (its residual and partial-sum buffers)."""
         head = self.head
+        if not _kernel_params_fit(head, self.Z):  # the kernel reads raw pointers: parameters swapped since?
+            raise RuntimeError(f"LinearMSE: the head's parameters no longer match the {tuple(self.Z.shape)} design "
+                               "(weight (m,) and a scalar bias of its dtype and device)")
         w = head.weight.detach()
         if not w.is_contiguous():
             w = w.contiguous()
@@ -502,6 +508,15 @@ class LinearMSE:
         if self.kernel:
             return torch.tensor(self._kernel_pass(False, 1.0)[1] / self.n, dtype=self.Z.dtype)
         return self.residuals(grad=False)[1].div_(self.n)
+
+
+def _kernel_params_fit(head, Z: torch.Tensor) -> bool:
+    """A weight of shape (m,) and an optional scalar bias, of Z's dtype and device (the kernel reads them raw)."""
+    w, b = head.weight, head.bias
+    return (
+        w.ndim == 1 and w.shape[0] == Z.shape[1] and w.dtype == Z.dtype and w.device == Z.device
+        and (b is None or (b.numel() == 1 and b.dtype == Z.dtype and b.device == Z.device))
+    )
 
 
 def kernel_applies(Z: torch.Tensor, y: torch.Tensor) -> bool:

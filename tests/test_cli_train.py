@@ -46,5 +46,9 @@ def test_usage_error_exits_2(gradfit_proc):
 
 
 def test_version(cli):
+    from gradfit import fastopt
+
     r = cli("--version")
     assert r.exit_code == 0 and r.stdout.startswith("gradfit ")
+    built = "compiled kernel: built\n" in r.stdout
+    assert built == (fastopt._fused is not None), r.stdout

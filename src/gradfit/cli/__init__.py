@@ -32,7 +32,12 @@ F = TypeVar("F", bound=Callable)
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"gradfit {__version__}")
+        import importlib.util
+
+        # (found, not imported: the kernel is a plain C module, but --version stays light)
+        built = importlib.util.find_spec("gradfit._fused") is not None
+        kernel = "built" if built else "not built (no C compiler at install: linear epochs use torch's products)"
+        typer.echo(f"gradfit {__version__}\ncompiled kernel: {kernel}")
         raise typer.Exit()
 
 

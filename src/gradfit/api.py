@@ -284,7 +284,8 @@ def _train_prepared(prep: Prepared, run_dir, fresh, state, history, on_epoch, sh
             final["state"] = rs.capture(model.head, opt, gen, epoch, cfg.optimizer.kind, stop_state)
 
         result = fit(
-            prep.dist.wrap(model.head),
+            # (Levenberg-Marquardt reduces its sums over the ranks itself: no DDP, no gradient hooks)
+            prep.dist.wrap(model.head) if cfg.optimizer.kind != "lm" else model.head,
             data,
             prep.dist.wrap_loss(loss.scaled(y_scale)),
             opt,
@@ -383,6 +384,11 @@ def finish(prep: Prepared, result: TrainResult, run_dir: Optional[Path]) -> RunR
         from gradfit.uncertainty import linear_uncertainty_from_gram
 
         coefficients.update(linear_uncertainty_from_gram(model, ex["gram"], sets["train"]["mse"] * ex["n"], ex["n"]))
+    elif cfg.model.kind == "formula" and cfg.loss.kind == "mse" and prep.dist.enabled and prep.stream is None:
+        # Rows over several processes: the Jacobian's factors and the sums gathered from every rank.
+        from gradfit.uncertainty import formula_uncertainty
+
+        coefficients.update(formula_uncertainty(model, ds.X[split.train], ds.y[split.train], prep.dist))
     run = RunResult(run_dir, metrics, coefficients, cfg, result, model, list(ds.notes), prep.plan.lr_rule)
     if run_dir is not None:
         write_run(run, prep)

@@ -124,6 +124,14 @@ class Dist:
         self._call(torch.distributed.all_gather_object, out, obj)
         return out
 
+    def broadcast(self, t: torch.Tensor, src: int = 0) -> torch.Tensor:
+        """Rank ``src``'s tensor on every rank (a copy; the input is left alone)."""
+        if not self.enabled:
+            return t
+        t = t.detach().clone().contiguous()
+        self._call(torch.distributed.broadcast, t, src=src)
+        return t
+
     def agree(self, fn: Callable):
         """Run ``fn`` on every rank; if it raised a GradfitError on any rank, raise that on all.
 
@@ -593,19 +601,6 @@ def prepare(cfg, dist: Dist, device: torch.device, t0: float):
     from gradfit.training import TrainData
 
     device = dist.device or device
-    if dist.enabled and (cfg.model.kind == "formula" or cfg.optimizer.kind == "lm"):
-        # Levenberg-Marquardt solves its damped least squares on the rows in hand; over several
-        # processes each rank would take its own step, and their collectives would no longer match.
-        def refuse():
-            from gradfit.errors import ConfigError
-
-            raise ConfigError(
-                f"{'formula models' if cfg.model.kind == 'formula' else 'optimizer lm'} train in one process, "
-                f"not under torchrun ({dist.world_size} processes here)",
-                hint="run 'gradfit train' without torchrun (the rows must fit in one process's memory)",
-            )
-
-        dist.agree(refuse)
     if cfg.data.streaming:
         from gradfit import streaming
 

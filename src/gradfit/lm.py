@@ -16,6 +16,14 @@ rho being the actual over the predicted decrease. Everything is float64
 whatever the run's dtype; the result is written back in the parameters' dtype.
 
 The state (mu, nu, D) lives in the optimizer's ``state_dict``, so runs resume.
+
+Several processes (torchrun, ``dist``): each rank holds some of the rows. The sum of
+squares, J^T r and diag(J^T J) are summed over the ranks; the least-squares problem is
+reduced to a small one without forming J^T J, by the "tall-skinny QR": each rank
+factors its rows J_k = Q_k R_k and sends R_k (p x p) and c_k = Q_k^T r_k; then
+sum_k ||J_k delta + r_k||^2 = ||[R_1; ...; R_W] delta + [c_1; ...; c_W]||^2 + const,
+so the damped step solved from the stacked R's is the one-process step up to rounding.
+Rank 0's step is sent to every rank, which then all hold the same parameters.
 """
 
 from __future__ import annotations
@@ -113,8 +121,10 @@ class LevenbergMarquardt(_Optimizer):
             st["diag"] = torch.zeros(self._theta().numel(), dtype=torch.float64)
         return st
 
-    def _evaluate(self, residuals, theta, head, what: str):
-        """(r, J) at theta; a non-finite Jacobian is an error that names the parameters."""
+    def _evaluate(self, residuals, theta, head, what: str, dist=None):
+        """(r, J) at theta; a non-finite Jacobian is an error that names the parameters (on every rank)."""
+        if dist is not None:
+            return dist.agree(lambda: self._evaluate(residuals, theta, head, what))
         r, J = jacobian(residuals, theta)  # (n,), (n, p)
         if not bool(torch.isfinite(J).all()):
             bad = (~torch.isfinite(J)).any(0).nonzero().reshape(-1).tolist()
@@ -130,8 +140,28 @@ class LevenbergMarquardt(_Optimizer):
 
     # ------------------------------------------------------------ one iteration
 
-    def iterate(self, head, Z: torch.Tensor, y: torch.Tensor) -> float:
-        """One LM iteration: an accepted step when one lowers the sum of squares. Returns max |J^T r| after it."""
+    def _start(self, residuals, theta, head, where: str, dist=None):
+        """(r, J) at the start of an iteration; a formula not finite on some row is an error."""
+        if dist is not None:
+            return dist.agree(lambda: self._start(residuals, theta, head, where))
+        r = residuals(theta)
+        if not bool(torch.isfinite(r).all()):
+            raise TrainingError(
+                f"the formula is not finite {where}",
+                hint="give model.start values where the formula is finite on every row",
+            )
+        return self._evaluate(residuals, theta, head, where)
+
+    def iterate(self, head, Z: torch.Tensor, y: torch.Tensor, dist=None) -> float:
+        """One LM iteration: an accepted step when one lowers the sum of squares. Returns max |J^T r| after it.
+
+        ``dist`` (distributed.Dist): Z and y are this rank's rows; every rank takes the same step.
+        """
+        dist = dist if dist is not None and dist.enabled else None
+
+        def total(x):  # a sum over all rows
+            return dist.sum(x) if dist is not None else x
+
         residuals = self._residual_fn(head, Z, y)
         st = self._state()
         theta = self._theta()
@@ -140,26 +170,24 @@ class LevenbergMarquardt(_Optimizer):
             r, J = cache[1], cache[2]
         else:
             where = "at the start point" if self.iterations == 0 else f"at iteration {self.iterations}"
-            r = residuals(theta)
-            if not bool(torch.isfinite(r).all()):
-                raise TrainingError(
-                    f"the formula is not finite {where}",
-                    hint="give model.start values where the formula is finite on every row",
-                )
-            r, J = self._evaluate(residuals, theta, head, where)
+            r, J = self._start(residuals, theta, head, where, dist)
         self.iterations += 1
-        F = 0.5 * float(r @ r)
-        g = J.T @ r  # (p,)
-        st["diag"] = torch.maximum(st["diag"], (J * J).sum(0))
+        F = 0.5 * total(float(r @ r))
+        g = total(J.T @ r)  # (p,)
+        st["diag"] = torch.maximum(st["diag"], total((J * J).sum(0)))
         d2 = torch.where(st["diag"] > 0, st["diag"], torch.ones_like(st["diag"]))
         mu, nu = float(st["mu"]), float(st["nu"])
         p = theta.numel()
-        zeros = torch.zeros(p, dtype=torch.float64)
+        zeros = torch.zeros(p, dtype=torch.float64, device=J.device)
+        # min ||J delta + r||: on the rows themselves, or on every rank's R_k and Q_k^T r_k (see above)
+        J_ls, r_ls = (J, r) if dist is None else _stacked_factors(J, r, dist)
         accepted = False
         for _ in range(MAX_TRIALS):
-            A = torch.cat([J, torch.diag(torch.sqrt(mu * d2))])  # (n + p, p)
-            b = torch.cat([-r, zeros])
+            A = torch.cat([J_ls, torch.diag(torch.sqrt(mu * d2))])  # (n + p, p)
+            b = torch.cat([-r_ls, zeros])
             delta = _lstsq(A, b)
+            if dist is not None:  # rank 0's step everywhere: the parameters stay the same on every rank
+                delta = dist.broadcast(delta)
             if not bool(torch.isfinite(delta).all()):
                 mu, nu = min(mu * nu, MU_MAX), nu * 2
                 continue
@@ -167,7 +195,7 @@ class LevenbergMarquardt(_Optimizer):
                 break  # the step no longer changes theta: converged (or stuck) here
             trial = theta + delta
             r_new = residuals(trial)
-            F_new = 0.5 * float(r_new @ r_new)
+            F_new = 0.5 * total(float(r_new @ r_new))
             predicted = 0.5 * float(delta @ (mu * d2 * delta - g))
             actual = F - F_new
             if math.isfinite(F_new) and actual > 0 and predicted > 0:
@@ -184,9 +212,26 @@ class LevenbergMarquardt(_Optimizer):
         if accepted:
             self._write(theta)
             theta = self._theta()  # as stored (the run's dtype)
-            r, J = self._evaluate(residuals, theta, head, f"after iteration {self.iterations}")
+            r, J = self._evaluate(residuals, theta, head, f"after iteration {self.iterations}", dist)
         self._cache = (theta, r, J)
-        return float((J.T @ r).abs().max())
+        return float(total(J.T @ r).abs().max())
+
+
+def _stacked_factors(J: torch.Tensor, r: torch.Tensor, dist) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every rank's (R_k, Q_k^T r_k) of its rows J_k = Q_k R_k, stacked in rank order: (W p, p), (W p,).
+
+    ||J delta + r||^2 over all rows equals ||R delta + c||^2 over the stack plus a constant (the
+    part of r outside J's columns), so the same least-squares step comes from p rows per rank.
+    A rank with fewer rows than parameters sends its R padded with zero rows.
+    """
+    p = J.shape[1]
+    Q, R = torch.linalg.qr(J)  # reduced: Q (n_k, k), R (k, p), k = min(n_k, p)
+    Rk = J.new_zeros((p, p))
+    ck = J.new_zeros(p)
+    Rk[: R.shape[0]] = R
+    ck[: R.shape[0]] = Q.T @ r
+    parts = dist.gather((Rk.cpu(), ck.cpu()))
+    return (torch.cat([a for a, _ in parts]).to(J.device), torch.cat([c for _, c in parts]).to(J.device))
 
 
 def _lstsq(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -246,8 +246,9 @@ def fit(
                 grad_max = max((float(p.grad.abs().max()) for p in head.parameters() if p.grad is not None), default=0.0)
         elif kind == "lm":
             # One Levenberg-Marquardt iteration on the residuals (gradfit.lm); its gradient feeds
-            # the tolerance rule as L-BFGS's does.
-            grad_max = optimizer.iterate(head, data.Z, data.y)
+            # the tolerance rule as L-BFGS's does. Several processes: the same step on every rank,
+            # from the sums over all rows (the head is not under DDP: LM reduces what it needs).
+            grad_max = optimizer.iterate(head, data.Z, data.y, dist=dist)
             with torch.no_grad():
                 loss_t = loss_fn(head(data.Z), data.y)
         elif full_batch:

@@ -243,30 +243,53 @@ def formula_jacobian(model, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return jacobian(f, theta)
 
 
-def covariance_unscaled(J: torch.Tensor) -> torch.Tensor | None:
-    """(J^T J)^-1 through a QR factorization of J with unit columns; None when J lacks full column rank."""
-    s = J.norm(dim=0)  # (p,)
-    if not bool(torch.isfinite(J).all()) or not bool((s > 0).all()):
+def covariance_unscaled(J: torch.Tensor, dist=None) -> torch.Tensor | None:
+    """(J^T J)^-1 through a QR factorization of J with unit columns; None when J lacks full column rank.
+
+    ``dist`` (distributed.Dist): J is this rank's rows; the column norms are summed over the ranks
+    and R comes from the QR of every rank's R stacked (see lm.py), the same R up to signs and rounding.
+    """
+    dist = dist if dist is not None and dist.enabled else None
+    if dist is None:
+        s = J.norm(dim=0)  # (p,)
+        finite = bool(torch.isfinite(J).all())
+        n = J.shape[0]
+    else:
+        s = dist.sum((J * J).sum(0)).sqrt()
+        finite = dist.sum(int(not bool(torch.isfinite(J).all()))) == 0
+        n = dist.sum(int(J.shape[0]))
+    if not finite or not bool((s > 0).all()):
         return None
     R = torch.linalg.qr(J / s, mode="r").R
+    if dist is not None:
+        from gradfit.lm import _stacked_factors
+
+        stacked, _ = _stacked_factors(J / s, J.new_zeros(J.shape[0]), dist)
+        R = torch.linalg.qr(stacked, mode="r").R
     diag = R.diagonal().abs()
-    if float(diag.min()) <= J.shape[1] * torch.finfo(torch.float64).eps * float(diag.max()) * max(J.shape[0], 1):
+    if float(diag.min()) <= J.shape[1] * torch.finfo(torch.float64).eps * float(diag.max()) * max(n, 1):
         return None
     Rinv = torch.linalg.solve_triangular(R, torch.eye(R.shape[0], dtype=torch.float64), upper=True)
     return (Rinv @ Rinv.T) / torch.outer(s, s)
 
 
-def formula_uncertainty(model, X: torch.Tensor, y: torch.Tensor) -> dict:
-    """Standard errors of a formula model's parameters, from its autograd Jacobian at the solution."""
-    n = int(X.shape[0])
+def formula_uncertainty(model, X: torch.Tensor, y: torch.Tensor, dist=None) -> dict:
+    """Standard errors of a formula model's parameters, from its autograd Jacobian at the solution.
+
+    ``dist``: X and y are this rank's training rows; sums and the factorization cover every rank's
+    (every rank must call it)."""
+    dist = dist if dist is not None and dist.enabled else None
+    n = int(X.shape[0]) if dist is None else dist.sum(int(X.shape[0]))
     names = model.parameter_names
     p = len(names)
     if n <= p:
         return {}
     with torch.no_grad():
         pred, J = formula_jacobian(model, X)
-    C = covariance_unscaled(J)
+    C = covariance_unscaled(J, dist)
     rss = float((y.to(torch.float64) - pred).pow(2).sum())
+    if dist is not None:
+        rss = dist.sum(rss)
     if C is None or not math.isfinite(rss):
         return {}
     sigma2 = rss / (n - p)

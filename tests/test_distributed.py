@@ -307,3 +307,24 @@ def test_moments_merged_over_chunks_equal_the_whole():
     torch.testing.assert_close(s["min"], A.min(0).values)
     torch.testing.assert_close(s["max"], A.max(0).values)
     torch.testing.assert_close(s["rms"], A.pow(2).mean(0).sqrt(), rtol=1e-14, atol=0)
+
+
+def test_a_rank_without_rows_trains_mini_batches_with_the_others(tmp_path):
+    """One Parquet row group on two ranks: rank 1 holds no rows, and still takes every step (empty slices)."""
+    rng = np.random.default_rng(4)
+    x = rng.uniform(0, 5, 300)
+    pq.write_table(pa.table({"x": x, "y": 2.0 * np.exp(0.3 * x) + 0.05 * rng.normal(size=300)}), tmp_path / "one.parquet")
+    for model, optimizer in (({"kind": "formula", "formula": "y = a * exp(b * x)", "start": {"a": 1.0, "b": 0.1}},
+                              {"kind": "adam", "lr": 0.02}),
+                             ({"kind": "linear"}, {"kind": "adam", "lr": 0.02})):
+        cfg = write_config(tmp_path / "m.yaml", name="m", device="cpu", dtype="float64", seed=0,
+                           data={"path": "one.parquet", "split": {"val": 0.2}}, model=model, optimizer=optimizer,
+                           train={"epochs": 5, "batch_size": 16})
+        one = api.train(load_config(cfg), write=False)
+        proc = torchrun("train", cfg, "--out", tmp_path / model["kind"], "--json")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        two = json.loads(proc.stdout)
+        assert "Traceback" not in proc.stderr
+        # Every row on rank 0, in the single-process order: the single process's run.
+        assert two["train"]["mse"] == pytest.approx(one.metrics["train"]["mse"], rel=1e-9)
+        assert two["val"]["mse"] == pytest.approx(one.metrics["val"]["mse"], rel=1e-9)

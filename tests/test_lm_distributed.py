@@ -140,3 +140,28 @@ def test_covariance_from_shards_equals_the_whole_jacobian():
     J2 = torch.cat([J[:, :2], J[:, :1] * 2], 1)
     assert covariance_unscaled(J2) is None
     assert on_ranks(SHARDS, lambda rows, dist: covariance_unscaled(J2[rows[0] : rows[1]], dist)) == [None] * len(SHARDS)
+
+
+def test_the_global_mean_loss_is_the_same_number_on_every_rank():
+    """Dist.wrap_loss: the value (what L-BFGS's line search, the history and the stopping rules read)
+    must be bit for bit the same on every rank, or the ranks' L-BFGS steps part ways."""
+    from gradfit.distributed import Dist
+
+    g = torch.Generator().manual_seed(5)
+    shards = [torch.randn(int(n), generator=g, dtype=torch.float64) * s
+              for n, s in ((37, 1.0), (101, 3.0), (5, 0.01), (64, 7.0))]
+    for trial in range(20):
+        w = torch.tensor(0.1 * trial + 0.05, dtype=torch.float64, requires_grad=True)
+
+        def work(target, dist):
+            fn = Dist.wrap_loss(dist, torch.nn.functional.mse_loss)
+            loss = fn(w * torch.ones_like(target), target)
+            (grad,) = torch.autograd.grad(loss, w)
+            return float(loss), float(grad)
+
+        out = on_ranks(shards, work)
+        assert len({v for v, _ in out}) == 1, out
+        everything = torch.cat(shards)
+        assert out[0][0] == pytest.approx(float(((w - everything) ** 2).mean()), rel=1e-14)
+        # gradients, summed as DDP does (then divided by the world size): the global mean's
+        assert sum(gr for _, gr in out) / len(shards) == pytest.approx(float(2 * (w - everything).mean()), rel=1e-12)

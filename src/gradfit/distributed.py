@@ -187,8 +187,9 @@ class Dist:
             if float(N) == 0:
                 return local
             scaled = local * (W * n) / N
-            # Value: the global mean (for history, tolerance, line searches); gradient: scaled's.
-            return scaled + (stats[1] / N - scaled).detach()
+            # Value: the global mean, to the last bit the same on every rank (history, tolerance, line
+            # searches: a rank whose L-BFGS saw another value would take another step); gradient: scaled's.
+            return stats[1] / N + (scaled - scaled.detach())
 
         global_mean.local = loss_fn  # streaming.py accumulates per-rank means itself
         return global_mean

@@ -118,7 +118,8 @@ class LevenbergMarquardt(_Optimizer):
         if "mu" not in st:
             st["mu"] = torch.tensor(self.defaults["mu_start"], dtype=torch.float64)
             st["nu"] = torch.tensor(2.0, dtype=torch.float64)
-            st["diag"] = torch.zeros(self._theta().numel(), dtype=torch.float64)
+            theta = self._theta()
+            st["diag"] = torch.zeros(theta.numel(), dtype=torch.float64, device=theta.device)
         return st
 
     def _evaluate(self, residuals, theta, head, what: str, dist=None):

@@ -264,7 +264,8 @@ def fit(
                 else ((data.Z[idx], data.y[idx]) for idx in dist.batches(perm, batch_size, n_all))
             )
             # Small batches on the CPU: one thread for their small ops (fastopt.single_threaded).
-            small = data.Z.device.type == "cpu" and batch_size * max(1, data.Z[0].numel()) <= SMALL_BATCH_VALUES
+            row_values = data.Z[:1].numel()  # (a rank of several can hold no rows)
+            small = data.Z.device.type == "cpu" and batch_size * max(1, row_values) <= SMALL_BATCH_VALUES
             threads = single_threaded() if small else contextlib.nullcontext()
             with threads:
                 for Zb, yb in batches:

@@ -260,8 +260,9 @@ def covariance_unscaled(J: torch.Tensor, dist=None) -> torch.Tensor | None:
         n = dist.sum(int(J.shape[0]))
     if not finite or not bool((s > 0).all()):
         return None
-    R = torch.linalg.qr(J / s, mode="r").R
-    if dist is not None:
+    if dist is None:
+        R = torch.linalg.qr(J / s, mode="r").R
+    else:
         from gradfit.lm import _stacked_factors
 
         stacked, _ = _stacked_factors(J / s, J.new_zeros(J.shape[0]), dist)

@@ -205,3 +205,25 @@ def test_kernel_blocks_are_capped_whatever_chunk_rows_asks():
     assert fast.chunk < n
     want = (1.0 - float(torch.tensor(0.9, dtype=torch.float32))) ** 2
     assert float(fast()) == pytest.approx(want, rel=2e-6)  # (torch's products: 7e-5 here)
+
+
+def test_a_build_of_another_version_is_not_used(cli, monkeypatch):
+    import types
+
+    stale = types.ModuleType("gradfit._fused")  # an editable install's old build: no ABI, or another one
+    assert fastopt.usable_kernel(stale) is None
+    stale.ABI = fastopt.KERNEL_ABI + 1
+    assert fastopt.usable_kernel(stale) is None
+    assert fastopt.usable_kernel(None) is None
+    monkeypatch.setitem(sys.modules, "gradfit._fused", stale)
+    import gradfit
+
+    monkeypatch.setattr(gradfit, "_fused", stale, raising=False)
+    r = cli("--version")
+    assert r.exit_code == 0 and "compiled kernel: built from another version of gradfit, not used" in r.stdout
+    if fastopt._fused is not None:
+        assert fastopt.usable_kernel(fastopt._fused) is fastopt._fused
+        # the CLI's literal is fastopt's constant
+        monkeypatch.setattr(gradfit, "_fused", fastopt._fused)
+        monkeypatch.setitem(sys.modules, "gradfit._fused", fastopt._fused)
+        assert "compiled kernel: built\n" in cli("--version").stdout

@@ -176,4 +176,16 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "gradfit._fused",
                                     "The one-pass linear least-squares kernel of fastopt.LinearMSE.", -1, methods};
 
-PyMODINIT_FUNC PyInit__fused(void) { return PyModule_Create(&module); }
+/* The interface's version: fastopt.KERNEL_ABI must match it (an editable install keeps an old build
+ * until `pip install -e .` runs again; gradfit then goes without it rather than call it wrongly). */
+#define GRADFIT_KERNEL_ABI 1
+
+PyMODINIT_FUNC PyInit__fused(void)
+{
+    PyObject *m = PyModule_Create(&module);
+    if (m && PyModule_AddIntConstant(m, "ABI", GRADFIT_KERNEL_ABI) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

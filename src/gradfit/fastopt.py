@@ -28,10 +28,21 @@ from typing import Iterator, Optional
 
 import torch
 
-try:  # the compiled one-pass kernel (setup.py); missing where no C compiler was at hand
+# The compiled one-pass kernel (setup.py): missing where no C compiler was at hand, and unused when
+# it was built from another version of _fused.c (run `pip install -e .` again; --version says so).
+KERNEL_ABI = 1
+
+
+def usable_kernel(module):
+    """``module`` if it is a build of this version's _fused.c, else None."""
+    return module if module is not None and getattr(module, "ABI", None) == KERNEL_ABI else None
+
+
+try:
     from gradfit import _fused
 except ImportError:  # pragma: no cover - depends on the build
     _fused = None
+_fused = usable_kernel(_fused)
 
 # Rows per chunk of the one-pass gradient: about this many bytes of design, so that a
 # chunk read by the first product is still in the core's cache for the second.

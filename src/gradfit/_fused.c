@@ -176,7 +176,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "gradfit._fused",
                                     "The one-pass linear least-squares kernel of fastopt.LinearMSE.", -1, methods};
 
-/* The interface's version: fastopt.KERNEL_ABI must match it (an editable install keeps an old build
+/* The interface's version: gradfit.kernel.ABI must match it (an editable install keeps an old build
  * until `pip install -e .` runs again; gradfit then goes without it rather than call it wrongly). */
 #define GRADFIT_KERNEL_ABI 1
 

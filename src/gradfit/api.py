@@ -113,23 +113,24 @@ def prepare(cfg: Config) -> Prepared:
         return distributed.prepare(cfg, dist, device, t0)
     ds = load_dataset(cfg)
     split = split_rows(ds.n_rows, cfg.data.split.val, cfg.data.split.test, cfg.seed)
+    by_columns = _column_major(cfg, device, split)  # (never for formula models, whose design takes no layout)
     if cfg.model.kind != "formula" and split.train.numel() > DESIGN_CHUNK_ROWS:
         # Many rows: no copy of the training rows; the statistics and the design are made
         # chunk by chunk from the rows the split indexes (see bench/README.md, memory).
         y_tr = ds.y[split.train]
         model = build_model(cfg, ds.feature_names, ds.target_name, None, y_tr, device, generator(cfg.seed, STREAM_INIT),
                             summarize=row_summarizer(ds.X, y_tr, split.train))
-        data = TrainData(model.design(ds.X, rows=split.train, column_major=_column_major(cfg, device, split)),
+        data = TrainData(model.design(ds.X, rows=split.train, column_major=by_columns),
                          model.scaled_target(y_tr))
     else:
         X_tr, y_tr = ds.X[split.train], ds.y[split.train]
         model = build_model(cfg, ds.feature_names, ds.target_name, X_tr, y_tr, device, generator(cfg.seed, STREAM_INIT))
-        Z = model.design(X_tr, column_major=True) if _column_major(cfg, device, split) else model.design(X_tr)
+        Z = model.design(X_tr, column_major=True) if by_columns else model.design(X_tr)
         data = TrainData(Z, model.scaled_target(y_tr))
     if split.val.numel():
         # (the validation loss of such a run is one pass of the same kind, loss only)
         data.Z_val = (model.design(ds.X[split.val]) if cfg.model.kind == "formula"
-                      else model.design(ds.X, rows=split.val, column_major=_column_major(cfg, device, split)))
+                      else model.design(ds.X, rows=split.val, column_major=by_columns))
         data.y_val = model.scaled_target(ds.y[split.val])
     plan = optim.plan(cfg, data.Z)
     return Prepared(cfg, device, ds, split, model, data, losses.from_config(cfg), plan, time.perf_counter() - t0)

@@ -28,21 +28,13 @@ from typing import Iterator, Optional
 
 import torch
 
-# The compiled one-pass kernel (setup.py): missing where no C compiler was at hand, and unused when
-# it was built from another version of _fused.c (run `pip install -e .` again; --version says so).
-KERNEL_ABI = 1
+from gradfit.kernel import ABI as KERNEL_ABI  # noqa: F401 (tests and tools read it here)
+from gradfit.kernel import find as _find_kernel
+from gradfit.kernel import usable as usable_kernel  # noqa: F401
 
-
-def usable_kernel(module):
-    """``module`` if it is a build of this version's _fused.c, else None."""
-    return module if module is not None and getattr(module, "ABI", None) == KERNEL_ABI else None
-
-
-try:
-    from gradfit import _fused
-except ImportError:  # pragma: no cover - depends on the build
-    _fused = None
-_fused = usable_kernel(_fused)
+# The compiled one-pass kernel (setup.py): None where no C compiler was at hand, or where the build
+# is of another version of _fused.c (see gradfit.kernel).
+_fused = _find_kernel()[0]
 
 # Rows per chunk of the one-pass gradient: about this many bytes of design, so that a
 # chunk read by the first product is still in the core's cache for the second.

@@ -75,7 +75,7 @@ class LevenbergMarquardt(_Optimizer):
 
     def __init__(self, params, mu: float = MU_START):
         super().__init__(params, {"mu_start": mu})
-        self._cache = None  # (theta, r, J) at the current point, to reuse in the next iteration
+        self._cache = None  # (theta, r, J, J^T r over all rows) at the current point, for the next iteration
         self.iterations = 0
 
     def step(self, closure=None):  # pragma: no cover - the loop calls iterate()
@@ -168,13 +168,13 @@ class LevenbergMarquardt(_Optimizer):
         theta = self._theta()
         cache = self._cache
         if cache is not None and cache[0].shape == theta.shape and torch.equal(cache[0], theta):
-            r, J = cache[1], cache[2]
+            r, J, g = cache[1:]
         else:
             where = "at the start point" if self.iterations == 0 else f"at iteration {self.iterations}"
             r, J = self._start(residuals, theta, head, where, dist)
+            g = total(J.T @ r)  # (p,)
         self.iterations += 1
         F = 0.5 * total(float(r @ r))
-        g = total(J.T @ r)  # (p,)
         st["diag"] = torch.maximum(st["diag"], total((J * J).sum(0)))
         d2 = torch.where(st["diag"] > 0, st["diag"], torch.ones_like(st["diag"]))
         mu, nu = float(st["mu"]), float(st["nu"])
@@ -214,8 +214,9 @@ class LevenbergMarquardt(_Optimizer):
             self._write(theta)
             theta = self._theta()  # as stored (the run's dtype)
             r, J = self._evaluate(residuals, theta, head, f"after iteration {self.iterations}", dist)
-        self._cache = (theta, r, J)
-        return float(total(J.T @ r).abs().max())
+            g = total(J.T @ r)
+        self._cache = (theta, r, J, g)
+        return float(g.abs().max())
 
 
 def _stacked_factors(J: torch.Tensor, r: torch.Tensor, dist) -> tuple[torch.Tensor, torch.Tensor]:

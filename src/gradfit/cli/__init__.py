@@ -32,17 +32,9 @@ F = TypeVar("F", bound=Callable)
 
 def _version(value: bool) -> None:
     if value:
-        # (a plain C module: importing it imports no torch)
-        try:
-            from gradfit import _fused
-        except ImportError:
-            _fused = None
-        if _fused is None:
-            kernel = "not built (no C compiler at install: linear epochs use torch's products)"
-        elif getattr(_fused, "ABI", None) != 1:  # fastopt.KERNEL_ABI, not imported here: it imports torch
-            kernel = "built from another version of gradfit, not used (run pip install -e . again)"
-        else:
-            kernel = "built"
+        from gradfit.kernel import find  # (a plain C module: no torch)
+
+        kernel = find()[1]
         typer.echo(f"gradfit {__version__}\ncompiled kernel: {kernel}")
         raise typer.Exit()
 

@@ -118,8 +118,8 @@ def sklearn_params(name: str) -> list[float]:
 
 
 def run_gradfit(name: str, dtype: str, optimizer: str, overrides=()) -> dict:
-    from gradfit.api import train
-    from gradfit.config import config_from_dict
+    from gradfit.config.loading import config_from_dict
+    from gradfit.train.run import train
 
     cfg = config_from_dict(plain_config(name, dtype, optimizer), overrides)
     t0 = time.perf_counter()

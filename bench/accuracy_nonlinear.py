@@ -36,7 +36,7 @@ BENCH = Path(__file__).resolve().parent
 NIST_DIR = BENCH.parent / "data" / "nist"
 sys.path.insert(0, str(BENCH))
 
-import accuracy as linear
+import accuracy as linear  # noqa: E402 (after the sys.path entry above)
 
 NONLINEAR = ["Misra1a", "Chwirut2", "Chwirut1", "Lanczos3", "Gauss1", "DanWood", "Misra1b"]
 lre = linear.lre
@@ -68,8 +68,8 @@ def plain_formula_config(name: str, start: str) -> dict:
 
 
 def run_formula(name: str, start: str) -> dict:
-    from gradfit.api import train
-    from gradfit.config import config_from_dict
+    from gradfit.config.loading import config_from_dict
+    from gradfit.train.run import train
 
     cfg = config_from_dict(plain_formula_config(name, start))
     t0 = time.perf_counter()
@@ -92,7 +92,7 @@ def scipy_params(name: str, start: str) -> list[float]:
     import torch
     from scipy.optimize import least_squares
 
-    from gradfit.expr import parse_equation
+    from gradfit.expr.parser import parse_equation
 
     expr = parse_equation(nist_formula(name)).right
     data = np.loadtxt(NIST_DIR / f"{name}.csv", delimiter=",", skiprows=1, ndmin=2)
@@ -135,8 +135,8 @@ def measure_nonlinear(names) -> list[dict]:
 
 def measure_std_errors(nonlinear_rows) -> list[dict]:
     """Std-error LRE for the linear sets (trained here) and the nonlinear ones (their start1 runs)."""
-    from gradfit.api import train
-    from gradfit.config import config_from_dict
+    from gradfit.config.loading import config_from_dict
+    from gradfit.train.run import train
 
     rows = []
     for name in linear.DATASETS:

@@ -125,7 +125,7 @@ def main() -> None:
             "train": {"epochs": args.memory_epochs, "tol": 0.0},
         }))
         runs += [("in memory, full batch", n, mem_cfg, args.memory_epochs, args.memory_rows) for n in (1, 2)]
-    for kind, nproc, cfg, epochs, rows in runs:
+    for kind, nproc, cfg, _epochs, rows in runs:
         tag = f"{kind.split(',')[0].replace(' ', '_')}_{nproc}"
         r = run(gradfit_cmd(nproc, cfg, work / f"run_{tag}"), work, tag)
         m = r["metrics"]

@@ -20,16 +20,18 @@ import statistics
 import sys
 import time
 
+from gradfit.data import batches
+
 
 def _passes(n: int, m: int, dtype, rounds: int) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from gradfit import fastopt
-    from gradfit.models import LinearHead
+    from gradfit.models import passes as fastopt
+    from gradfit.models.heads import LinearHead
 
     g = torch.Generator().manual_seed(0)
-    Z = fastopt.empty_design(n, m, dtype, "cpu", column_major=True)
+    Z = batches.empty_design(n, m, dtype, "cpu", column_major=True)
     for i in range(0, n, 1 << 16):  # filled in blocks: no second full-size copy
         Z[i : i + (1 << 16)] = torch.randn(min(1 << 16, n - i), m, generator=g, dtype=dtype)
     y = (Z @ torch.linspace(-1, 1, m, dtype=dtype)).contiguous()
@@ -76,7 +78,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from gradfit import fastopt
+    from gradfit.models import passes as fastopt
 
     dtypes = {"float32": torch.float32, "float64": torch.float64}
     if args.tiny:

@@ -38,6 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
+from gradfit.data import batches
+from gradfit.optim import first_order
+
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("startup", "epoch", "linear", "mlp", "memory")
 TARGETS = {  # ratio gradfit / reference must be at most this
@@ -136,8 +139,8 @@ def report(name: str, command: str, gradfit: str, refs: list[str], ratio: float,
 
 def gradfit_train(cfg_dict: dict):
     """Train through the library (what ``gradfit train`` calls), no run directory."""
-    from gradfit.api import train
-    from gradfit.config import config_from_dict
+    from gradfit.config.loading import config_from_dict
+    from gradfit.train.run import train
 
     return train(config_from_dict(cfg_dict), write=False)
 
@@ -222,7 +225,7 @@ def section_startup(args) -> dict:
          f"gradfit --help: {hm:.2f} s, imports torch: {torch_imported} (target < 0.3 s, no torch)"],
         gm / pm,
         note="wall times include interpreter start-up and imports; gradfit also writes the run directory "
-        "(checkpoint, plots: drawn by a helper process on the other core while torch loads, see gradfit.plots); "
+        "(checkpoint, plots: drawn by a helper process on the other core while torch loads, see gradfit.results.plots); "
         "with every core busy the helper cannot overlap, and the wall time tends to the CPU time",
     )
 
@@ -256,9 +259,9 @@ def section_epoch(args) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from gradfit import fastopt
-    from gradfit.models import LinearHead
-    from gradfit.training import TrainData, fit
+    from gradfit.models import passes as fastopt
+    from gradfit.models.heads import LinearHead
+    from gradfit.train.loop import TrainData, fit
 
     n, m = (20_000, 16) if args.tiny else (1_000_000, 64)
     epochs = 3 if args.tiny else 40
@@ -268,13 +271,13 @@ def section_epoch(args) -> dict:
     y = (Zr @ torch.linspace(-1, 1, m, device=dev) + 0.1 * torch.randn(n, generator=g).to(dev)).contiguous()
     # The design as gradfit builds it for a full-batch linear run (column by column on the CPU,
     # see fastopt.LinearMSE); the same numbers.
-    Z = fastopt.empty_design(n, m, torch.float32, dev, column_major=dev.type == "cpu")
+    Z = batches.empty_design(n, m, torch.float32, dev, column_major=dev.type == "cpu")
     Z.copy_(Zr)
 
     def run(design, k):
         def fit_once(on_epoch):
             head = LinearHead(m, True, torch.float32).to(dev)
-            opt = fastopt.SGD(head.parameters(), lr=0.1)
+            opt = first_order.SGD(head.parameters(), lr=0.1)
             fit(head, TrainData(design, y), F.mse_loss, opt, kind="sgd", epochs=k, batch_size=None, tol=0.0,
                 loss_scale=1.0, lr=0.1, generator=torch.Generator().manual_seed(0), on_epoch=on_epoch)
         return fit_once
@@ -309,7 +312,7 @@ def section_epoch(args) -> dict:
     # Mini-batch epochs (4096 rows): gradfit's loop against permutation slicing by hand.
     bs = 4096 if not args.tiny else 1024
     head = LinearHead(m, True, torch.float32).to(dev)
-    opt = fastopt.SGD(head.parameters(), lr=0.01)
+    opt = first_order.SGD(head.parameters(), lr=0.01)
     res_mb = fit(head, TrainData(Zr, y), F.mse_loss, opt, kind="sgd", epochs=2 if args.tiny else 4, batch_size=bs,
                  tol=0.0, loss_scale=1.0, lr=0.01, generator=torch.Generator().manual_seed(0))
     mb = statistics.median(r.seconds for r in res_mb.history[:1]) if len(res_mb.history) < 2 else statistics.median(
@@ -326,7 +329,7 @@ def section_epoch(args) -> dict:
     sliced_t = median_time(sliced, 1 if args.tiny else 2, args.device)
     return report(
         "epoch",
-        f"in-process: gradfit.training.fit(LinearHead, full batch, sgd) on {n:,} x {m} float32, {epochs} epochs, "
+        f"in-process: gradfit.train.loop.fit(LinearHead, full batch, sgd) on {n:,} x {m} float32, {epochs} epochs, "
         f"a read of X timed between epochs ({torch_threads} torch threads)",
         f"{epoch * 1e3:.1f} ms per full-batch epoch (median; loss, gradient, step, loss read back; "
         f"range {min(ep) * 1e3:.1f} to {max(ep) * 1e3:.1f})",
@@ -386,7 +389,7 @@ def section_linear(args) -> dict:
     sgd = SGDRegressor(random_state=0, tol=None)
     t = time.perf_counter()
     sgd_epochs, sgd_gap = 0, float("inf")
-    for sgd_epochs in range(1, (3 if args.tiny else 30) + 1):
+    for _ in range(1, (3 if args.tiny else 30) + 1):
         sgd.partial_fit(Xs, ys)
         sgd_gap = (float(np.mean((sgd.predict(Xs) - ys) ** 2)) - exact_mse) / var
         if sgd_gap <= 1e-6:
@@ -413,7 +416,7 @@ def section_linear(args) -> dict:
     reach = statistics.median(reached(r) for r in runs)
     return report(
         "linear",
-        f"gradfit.api.train: linear, mse, optimizer {args.linear_optimizer} lr auto, float32, {n:,} x {d} from Parquet",
+        f"gradfit.train.run.train: linear, mse, optimizer {args.linear_optimizer} lr auto, float32, {n:,} x {d} from Parquet",
         f"{secs:.2f} s training (metrics.json seconds; load_seconds {m['load_seconds']:.2f}), "
         f"{m['epochs']} epochs, exact.gap {gap:.1e} ({'<=' if gap <= 1e-6 else 'ABOVE'} 1e-6); "
         f"first epoch within 1e-6 at {reach:.2f} s ({reach / lr_t:.2f}x LinearRegression)",
@@ -513,7 +516,7 @@ def section_mlp(args) -> dict:
     g_r2 = r2_score(yte, runs[0].model.predict(Xte).numpy())
     return report(
         "mlp",
-        f"gradfit.api.train: mlp (64, 64) relu, adam 1e-3, batch 256, {epochs} epochs, {n_train:,} Friedman #1 rows",
+        f"gradfit.train.run.train: mlp (64, 64) relu, adam 1e-3, batch 256, {epochs} epochs, {n_train:,} Friedman #1 rows",
         f"{secs:.2f} s training (metrics.json seconds), held-out R^2 {g_r2:.4f} "
         f"({'within' if g_r2 >= sk_r2 - 0.005 else 'NOT within'} 0.005 of MLPRegressor's)",
         [f"sklearn MLPRegressor: {sk_t:.2f} s (its BLAS on 1 thread: "
@@ -528,13 +531,13 @@ def section_mlp(args) -> dict:
 
 MEMORY_PROBE = """\
 import json, sys
-from gradfit.api import train
+from gradfit.train.run import train
 from gradfit.config import config_from_dict
 def rss():
     with open('/proc/self/statm') as f:
         return int(f.read().split()[1]) * __import__('os').sysconf('SC_PAGE_SIZE')
 cfg = config_from_dict(json.loads(sys.argv[1]))
-import torch, gradfit.training, gradfit.exact, gradfit.metrics  # imports before the baseline
+import torch, gradfit.train.loop, gradfit.results.exact, gradfit.results.metrics  # imports before the baseline
 base = rss()
 run = train(cfg, write=False)
 # VmHWM: this process's own peak (ru_maxrss keeps the parent's high-water mark across fork and exec).
@@ -563,7 +566,7 @@ def section_memory(args) -> dict:
     mib = 2**20
     return report(
         "memory",
-        f"gradfit.api.train (subprocess): synthetic linear {n:,} x {d}, val 0.2, float32 run, sgd, 5 epochs",
+        f"gradfit.train.run.train (subprocess): synthetic linear {n:,} x {d}, val 0.2, float32 run, sgd, 5 epochs",
         f"peak RSS {r['peak'] / mib:.0f} MiB, of which {added / mib:.0f} MiB above the process after its imports",
         [f"data: {data64 / mib:.0f} MiB as float64 values (as loaded), {data32 / mib:.0f} MiB as float32",
          f"added / float32 data: {added / data32:.2f}x"],

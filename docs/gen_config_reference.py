@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from gradfit.config import Config
+from gradfit.config.schema import Config
 
 HERE = Path(__file__).resolve().parent
 

@@ -64,7 +64,7 @@ def test_linear_pass_benchmark_runs_and_reports_each_way(capsys):
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| 5,000 x 6")]
     assert len(rows) == 2 and all(line.count("x (") >= 2 for line in rows)
-    from gradfit import fastopt
+    from gradfit.models import passes as fastopt
 
     if fastopt._fused is not None:
         assert "compiled kernel: built" in out and all("n/a" not in line for line in rows)

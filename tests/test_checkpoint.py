@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_gradfit, small_config
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 import gradfit
-from gradfit.api import train
-from gradfit.checkpoint import FORMAT_VERSION, load_model, read_checkpoint
-from gradfit.config import config_from_dict
+from conftest import run_gradfit, small_config
+from gradfit.config.loading import config_from_dict
 from gradfit.errors import CheckpointError
+from gradfit.results.checkpoint import FORMAT_VERSION, load_model, read_checkpoint
+from gradfit.train.run import train
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_checkpoint_alone_in_an_empty_directory_predicts(poly_run, tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert lines[0] == "x,prediction" and len(lines) == 4
-    got = np.array([float(l.split(",")[1]) for l in lines[1:]])
+    got = np.array([float(row.split(",")[1]) for row in lines[1:]])
     assert np.array_equal(got, poly_run.model.predict(np.array([-1.0, 0.0, 2.5])).numpy())
     assert sorted(p.name for p in lonely.iterdir()) == ["m.safetensors"]
 

@@ -10,10 +10,10 @@ import sys
 
 import pytest
 import yaml
-from conftest import CONFIGS, DATA, small_config
 
-from gradfit import compare
+from conftest import CONFIGS, DATA, small_config
 from gradfit.cli.inspect import example_config, sample_data
+from gradfit.results import compare
 
 
 def write_yaml(path, cfg: dict):
@@ -254,7 +254,7 @@ def test_runs_table_sorted_by_val_r2(cli, three_runs):
     assert "stopped:" in r.stdout and "max = epochs cap" in r.stdout
     assert "skipped 1 incomplete run directory" in r.stderr and "crashed" in r.stderr
     reversed_ = cli("runs", three_runs, "--sort", "val.r2", "--reverse").stdout
-    assert [l.split()[0] for l in reversed_.splitlines() if l.split() and l.split()[0] in expected] == expected[::-1]
+    assert [ln.split()[0] for ln in reversed_.splitlines() if ln.split() and ln.split()[0] in expected] == expected[::-1]
 
 
 def test_runs_table_fits_80_columns_when_every_setup_differs():

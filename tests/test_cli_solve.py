@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+
 from conftest import CONFIGS, run_gradfit
 
 PUZZLE = ["A + B = 9", "C - D = 1", "A + C = 8", "B - D = 2"]

@@ -46,7 +46,7 @@ def test_usage_error_exits_2(gradfit_proc):
 
 
 def test_version(cli):
-    from gradfit import fastopt
+    from gradfit.models import passes as fastopt
 
     r = cli("--version")
     assert r.exit_code == 0 and r.stdout.startswith("gradfit ")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import small_config
-from gradfit.config import config_from_dict, dump_yaml, load_config, yaml_load
+from gradfit.config.loading import config_from_dict, dump_yaml, load_config, yaml_load
 from gradfit.errors import ConfigError
 
 

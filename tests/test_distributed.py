@@ -16,9 +16,12 @@ import pytest
 import torch
 import yaml
 
-from gradfit import api, distributed
-from gradfit.config import load_config
-from gradfit.distributed import Moments, assign_groups, shard_range
+from gradfit import parallel
+from gradfit.config.loading import load_config
+from gradfit.data import shards as data_shards
+from gradfit.data.moments import Moments
+from gradfit.data.shards import assign_groups, shard_range
+from gradfit.train import run as api
 
 
 def free_port() -> int:
@@ -80,7 +83,7 @@ def test_full_batch_on_two_processes_gives_the_single_process_coefficients(tmp_p
     assert two["exact"]["loss"] == pytest.approx(one.metrics["exact"]["loss"], rel=1e-12)
     hist = pd.read_csv(tmp_path / "two" / "history.csv")
     np.testing.assert_allclose(hist["train_loss"], [r.train_loss for r in one.result.history], rtol=1e-9)
-    from gradfit.checkpoint import read_checkpoint
+    from gradfit.results.checkpoint import read_checkpoint
 
     assert read_checkpoint(tmp_path / "two").data["n_rows"] == 1001
 
@@ -261,7 +264,7 @@ def test_mini_batch_streaming_ddp(tmp_path):
 
 
 def test_one_process_is_the_identity():
-    d = distributed.SINGLE
+    d = parallel.SINGLE
     assert not d.enabled and d.is_main
     t = torch.arange(3.0)
     assert d.sum(t) is t and d.sum(5) == 5 and d.gather("x") == ["x"]
@@ -290,7 +293,7 @@ def test_csv_byte_ranges_split_the_lines_exactly(tmp_path):
     linear_csv(path, n=997)
     whole = pd.read_csv(path)
     for world in (2, 3, 7):
-        parts = [distributed._read_csv_shard(path, list(whole.columns), r, world) for r in range(world)]
+        parts = [data_shards._read_csv_shard(path, list(whole.columns), r, world) for r in range(world)]
         pd.testing.assert_frame_equal(pd.concat(parts, ignore_index=True), whole)
 
 
@@ -300,7 +303,7 @@ def test_moments_merged_over_chunks_equal_the_whole():
     m = Moments()
     for chunk in torch.split(A, 77):
         m.add(chunk)
-    s = m.reduce(distributed.SINGLE)
+    s = m.reduce(parallel.SINGLE)
     assert s["n"] == 1000
     torch.testing.assert_close(s["mean"], A.mean(0), rtol=1e-14, atol=0)
     torch.testing.assert_close(s["std"], A.std(0, unbiased=False), rtol=1e-8, atol=0)

@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from gradfit.equations import read_equation_file, solve
+from gradfit.equations.files import read_equation_file
+from gradfit.equations.solver import solve
 from gradfit.errors import EquationError, SolveError
 
 PUZZLE = ["A + B = 9", "C - D = 1", "A + C = 8", "B - D = 2"]

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_gradfit, small_config
 
 import gradfit
-from gradfit.api import train
-from gradfit.config import config_from_dict
+from conftest import run_gradfit, small_config
+from gradfit.config.loading import config_from_dict
 from gradfit.errors import DataError
-from gradfit.evaluate import evaluate, predict_file
+from gradfit.results.evaluate import evaluate, predict_file
+from gradfit.train.run import train
 
 METRICS = ("loss", "mse", "rmse", "mae", "r2")
 
@@ -139,7 +139,7 @@ def test_eval_with_data_equals_metrics_by_hand_from_coefficients_json(cli, quad)
     assert_metrics_close(got["data"], want, 1e-6)
     # A file that holds only the validation rows gives the val metrics.
     recorded = json.loads((run / "metrics.json").read_text())
-    from gradfit.data import split_rows
+    from gradfit.data.split import split_rows
 
     split = split_rows(len(frame), 0.2, 0.1, 0)
     val_csv = csv.parent / "val_only.parquet"

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gradfit.errors import EquationError
-from gradfit.expr import Equation, Expr, ExprError, parse_equation, parse_expression
+from gradfit.expr.nodes import Equation, Expr, ExprError
+from gradfit.expr.parser import parse_equation, parse_expression
 
 
 def evaluate(text: str, **values: float) -> float:

@@ -9,15 +9,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gradfit import fastopt
-from gradfit.models import LinearHead, MLPHead
+from gradfit import threads
+from gradfit.data import batches
+from gradfit.models import passes as fastopt
+from gradfit.models.heads import LinearHead, MLPHead
+from gradfit.optim import first_order
 
 
 @pytest.fixture(autouse=True)
 def _one_thread():
     """These tests run thousands of tiny ops: on one thread, so that a busy machine cannot stall them
     at the intra-op threads' barrier (milliseconds per op; the numbers are the same)."""
-    with fastopt.single_threaded():
+    with threads.single_threaded():
         yield
 
 
@@ -58,7 +61,7 @@ SGD_CASES = [
 @pytest.mark.parametrize("kw", SGD_CASES)
 @pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
 def test_sgd_matches_torch_optim(kw, dtype, atol):
-    ours = _trajectory(lambda p: fastopt.SGD(p, **kw), dtype)
+    ours = _trajectory(lambda p: first_order.SGD(p, **kw), dtype)
     ref = _trajectory(lambda p: torch.optim.SGD(p, **kw), dtype)
     assert torch.allclose(ours, ref, atol=atol, rtol=0), float((ours - ref).abs().max())
 
@@ -74,7 +77,7 @@ ADAM_CASES = [
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
 def test_adam_matches_torch_optim(kw, decoupled, ref_cls, fused, dtype, atol):
-    ours = _trajectory(lambda p: fastopt.Adam(p, decoupled=decoupled, fused=fused, **kw), dtype, batch=50)
+    ours = _trajectory(lambda p: first_order.Adam(p, decoupled=decoupled, fused=fused, **kw), dtype, batch=50)
     ref = _trajectory(lambda p: ref_cls(p, **kw), dtype, batch=50)
     assert torch.allclose(ours, ref, atol=atol, rtol=0), float((ours - ref).abs().max())
 
@@ -89,11 +92,11 @@ def test_adam_state_dict_round_trip_continues_the_same_trajectory():
             opt.step()
 
     a = _mlp(torch.float64)
-    oa = fastopt.Adam(a.parameters(), lr=0.01)
+    oa = first_order.Adam(a.parameters(), lr=0.01)
     run(a, oa, 10)
     b = _mlp(torch.float64)
     b.load_state_dict(a.state_dict())
-    ob = fastopt.Adam(b.parameters(), lr=0.01)
+    ob = first_order.Adam(b.parameters(), lr=0.01)
     sd = oa.state_dict()
     assert sorted(sd["state"]) == list(range(6)) and sd["param_groups"][0]["params"] == list(range(6))
     ob.load_state_dict(sd)
@@ -106,7 +109,7 @@ def test_adam_state_dict_round_trip_continues_the_same_trajectory():
 def test_optimizer_step_with_closure_returns_the_loss():
     X, y = _problem(torch.float64)
     head = LinearHead(5, True, torch.float64)
-    opt = fastopt.SGD(head.parameters(), lr=0.1)
+    opt = first_order.SGD(head.parameters(), lr=0.1)
 
     def closure():
         opt.zero_grad()
@@ -151,12 +154,12 @@ def test_linear_mse_applies_only_to_linear_heads_with_mse():
 
 @pytest.mark.parametrize("batch", [1, 7, 64, 300, 500])
 def test_shuffled_batches_are_the_indexed_rows(batch, monkeypatch):
-    monkeypatch.setattr(fastopt, "GATHER_BYTES", 1000)  # several gather blocks
+    monkeypatch.setattr(batches, "GATHER_BYTES", 1000)  # several gather blocks
     X, y = _problem(torch.float32)
     perm = torch.randperm(300, generator=torch.Generator().manual_seed(3))
     buffers: dict = {}
     for _ in range(2):  # buffers reused across epochs
-        got = [(zb.clone(), yb.clone()) for zb, yb in fastopt.shuffled_batches(X, y, perm, batch, buffers)]
+        got = [(zb.clone(), yb.clone()) for zb, yb in batches.shuffled_batches(X, y, perm, batch, buffers)]
         want = [(X[perm[i : i + batch]], y[perm[i : i + batch]]) for i in range(0, 300, batch)]
         assert len(got) == len(want)
         for (a, b), (c, d) in zip(got, want):
@@ -164,7 +167,7 @@ def test_shuffled_batches_are_the_indexed_rows(batch, monkeypatch):
 
 
 def _train_cfg(tmp_path, **over):
-    from gradfit.config import config_from_dict
+    from gradfit.config.loading import config_from_dict
 
     d = {
         "name": "t",
@@ -186,8 +189,8 @@ def _train_cfg(tmp_path, **over):
 
 def test_fast_full_batch_path_gives_the_autograd_trajectory(tmp_path, monkeypatch):
     """The loop with LinearMSE and the loop with autograd record the same losses."""
-    from gradfit import training
-    from gradfit.api import train
+    from gradfit.train import loop as training
+    from gradfit.train.run import train
 
     cfg = _train_cfg(tmp_path)
     fast = train(cfg, write=False)
@@ -201,7 +204,7 @@ def test_fast_full_batch_path_gives_the_autograd_trajectory(tmp_path, monkeypatc
 
 
 def test_minibatch_adam_training_recovers_planted_coefficients(tmp_path):
-    from gradfit.api import train
+    from gradfit.train.run import train
 
     cfg = _train_cfg(tmp_path, optimizer={"kind": "adam", "lr": 0.05}, train={"epochs": 200, "batch_size": 64})
     run = train(cfg, write=False)
@@ -220,8 +223,8 @@ except SystemExit as exc:
     assert not exc.code, exc.code
 mpl = "matplotlib" in sys.modules  # the figures were drawn by the helper process
 collector = [gc.isenabled(), gc.get_freeze_count() > 10000]  # back on, the imports frozen out of its way
-from gradfit.api import train
-from gradfit.config import config_from_dict
+from gradfit.train.run import train
+from gradfit.config.loading import config_from_dict
 base = {"name": "q", "data": {"synthetic": {"kind": "polynomial", "coefficients": [3, 2, 1], "n_samples": 50}},
         "train": {"epochs": 5}, "output": {"dir": sys.argv[3]}}
 runs = {
@@ -245,9 +248,9 @@ def test_training_imports_no_dynamo_and_the_cli_draws_in_a_helper(tmp_path, root
     pauses the cyclic garbage collector while torch loads; train turns it back on before training."""
     import json
 
-    from gradfit import plots
-    from gradfit.api import train
-    from gradfit.config import load_config
+    from gradfit.config.loading import load_config
+    from gradfit.results import plots
+    from gradfit.train.run import train
 
     out = subprocess.run([sys.executable, "-c", NO_DYNAMO_PROBE, str(root / "configs" / "quadratic.yaml"),
                           str(tmp_path / "cli"), str(tmp_path)], capture_output=True, text=True, timeout=300, check=False)
@@ -274,7 +277,7 @@ def test_small_csv_reader_gives_pandas_numbers_bit_for_bit(path):
     import numpy as np
     import pandas as pd
 
-    from gradfit import data
+    from gradfit.data import tables as data
 
     cols = data.read_columns(path)
     assert cols == [str(c) for c in pd.read_csv(path, nrows=0).columns]
@@ -290,7 +293,7 @@ def test_small_csv_reader_gives_pandas_numbers_bit_for_bit(path):
     ["x,y\n1,2\n,3\n", "x,y\n1,2\nnan,3\n", "x,y\n1,2\ninf,3\n", "x,y\n1,abc\n", "x,x\n1,2\n", "x,y\n1,2,3\n", "x,y\n"],
 )
 def test_small_csv_reader_leaves_anything_unusual_to_pandas(tmp_path, text):
-    from gradfit import data
+    from gradfit.data import tables as data
 
     p = tmp_path / "d.csv"
     p.write_text(text)
@@ -298,9 +301,8 @@ def test_small_csv_reader_leaves_anything_unusual_to_pandas(tmp_path, text):
 
 
 def test_small_csv_reader_reads_numbers_like_pandas(tmp_path):
-    import numpy as np
 
-    from gradfit import data
+    from gradfit.data import tables as data
 
     p = tmp_path / "d.csv"
     p.write_text("\ufeffx,y\r\n1e3,-.5\r\n\r\n+2.25,0.1000000000000000055511151231257827\r\n3,7E-3\r\n", encoding="utf-8")
@@ -316,7 +318,7 @@ def test_small_csv_reader_reads_numbers_like_pandas(tmp_path):
 def _figures(plots, out):
     import numpy as np
 
-    from gradfit.training import EpochRecord
+    from gradfit.train.loop import EpochRecord
 
     hist = [EpochRecord(i, 10.0 ** (-i / 10), 10.0 ** (-i / 9) if i % 3 else None, 0.1, 0.0) for i in range(1, 40)]
     x = np.linspace(-2, 2, 50)
@@ -327,7 +329,7 @@ def _figures(plots, out):
 
 
 def test_plot_helper_writes_the_bytes_drawn_in_process(tmp_path, monkeypatch):
-    from gradfit import plots
+    from gradfit.results import plots
 
     (tmp_path / "here").mkdir()
     _figures(plots, tmp_path / "here")
@@ -340,7 +342,7 @@ def test_plot_helper_writes_the_bytes_drawn_in_process(tmp_path, monkeypatch):
 
 
 def test_figures_are_drawn_here_when_the_helper_dies(tmp_path):
-    from gradfit import plots
+    from gradfit.results import plots
 
     assert plots.start_helper(force=True)
     plots._helper.proc.kill()
@@ -351,7 +353,7 @@ def test_figures_are_drawn_here_when_the_helper_dies(tmp_path):
 
 
 def test_stopped_helper_writes_nothing(tmp_path):
-    from gradfit import plots
+    from gradfit.results import plots
 
     assert plots.start_helper(force=True)
     proc = plots._helper.proc
@@ -400,9 +402,9 @@ def test_mlp_mse_applies_only_to_relu_or_tanh_mlps_with_mse():
 
 @pytest.mark.parametrize("batch_size", [32, None])
 def test_mlp_training_by_hand_gives_the_autograd_trajectory(tmp_path, monkeypatch, batch_size):
-    from gradfit import training
-    from gradfit.api import train
-    from gradfit.config import config_from_dict
+    from gradfit.config.loading import config_from_dict
+    from gradfit.train import loop as training
+    from gradfit.train.run import train
 
     cfg = config_from_dict({
         "name": "m", "seed": 3, "dtype": "float64",
@@ -421,7 +423,7 @@ def test_mlp_training_by_hand_gives_the_autograd_trajectory(tmp_path, monkeypatc
 
 
 def test_jacobian_equals_the_closed_form():
-    from gradfit.lm import jacobian
+    from gradfit.optim.lm import jacobian
 
     t = torch.linspace(0, 5, 40, dtype=torch.float64)
     theta = torch.tensor([2.0, 0.7, -0.3, 1.5], dtype=torch.float64)
@@ -441,7 +443,7 @@ def test_adam_counts_steps_per_parameter_like_torch_optim():
     """One op counts every parameter's steps; a step in which a parameter has no gradient leaves its count."""
     X, y = _problem(torch.float64)
     heads = [_mlp(torch.float64) for _ in range(2)]
-    opts = [fastopt.Adam(heads[0].parameters(), lr=0.01), torch.optim.Adam(heads[1].parameters(), lr=0.01)]
+    opts = [first_order.Adam(heads[0].parameters(), lr=0.01), torch.optim.Adam(heads[1].parameters(), lr=0.01)]
     for k in range(6):
         for head, opt in zip(heads, opts):
             opt.zero_grad(set_to_none=True)

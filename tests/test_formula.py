@@ -11,9 +11,9 @@ import pytest
 import torch
 import yaml
 
-from gradfit.api import train
-from gradfit.config import config_from_dict
+from gradfit.config.loading import config_from_dict
 from gradfit.errors import ConfigError, DataError, TrainingError
+from gradfit.train.run import train
 
 NIST = Path(__file__).resolve().parents[1] / "data" / "nist"
 
@@ -71,7 +71,7 @@ def test_planted_parameters_match_scipy_curve_fit(decay_csv):
     assert p["a"] == pytest.approx(5, rel=0.01) and p["k"] == pytest.approx(0.7, rel=0.01)
     # the same rows scipy sees: the training split
     data = np.loadtxt(decay_csv, delimiter=",", skiprows=1)
-    from gradfit.data import split_rows
+    from gradfit.data.split import split_rows
 
     tr = split_rows(len(data), 0.25, 0.0, 0).train.numpy()
     ref, cov = curve_fit(lambda t, a, k, c: a * np.exp(-k * t) + c, data[tr, 0], data[tr, 2], p0=[1, 0.3, 1])
@@ -116,7 +116,7 @@ def test_other_losses_give_no_standard_errors(decay_csv):
 
 
 def test_lm_jacobian_is_the_finite_difference_one(decay_csv):
-    from gradfit.uncertainty import formula_jacobian
+    from gradfit.results.uncertainty import formula_jacobian
 
     run = train(config_from_dict(decay_config(decay_csv, train={"epochs": 1})), write=False)
     X = run.model.design(torch.linspace(0, 6, 9)[:, None]).double()
@@ -165,12 +165,14 @@ def test_predict_from_the_checkpoint_alone_is_the_formula_by_hand(decay_csv, tmp
     got = pd.read_csv(pred_file)["prediction"].to_numpy()
     p = coefs["parameters"]
     by_hand = p["a"] * np.exp(-p["k"] * t) + p["c"]
-    np.testing.assert_allclose(got, by_hand, rtol=1e-15, atol=0)
+    # torch's exp and numpy's (each build its own SIMD code) differ by an ulp or two; parameters
+    # rounded on their way through coefficients.json would show far above 1e-14.
+    np.testing.assert_allclose(got, by_hand, rtol=1e-14, atol=0)
     import gradfit
 
     lm = gradfit.load_model(out)
     assert lm.coefficients() == coefs
-    np.testing.assert_allclose(lm.predict(pd.DataFrame({"t": t})), by_hand, rtol=1e-15)
+    np.testing.assert_allclose(lm.predict(pd.DataFrame({"t": t})), by_hand, rtol=1e-14)
 
 
 def test_eval_on_the_held_out_rows(decay_csv, tmp_path, cli):

@@ -8,7 +8,6 @@ a traceback.
 from __future__ import annotations
 
 import pickle
-import string
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gradfit.config import load_config, validate_config, yaml_load
+from gradfit.config.loading import load_config, validate_config, yaml_load
 from gradfit.errors import CheckpointError, ConfigError, GradfitError
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -114,7 +113,7 @@ def test_hostile_yaml_is_refused(text, words):
 # ---------------------------------------------------------------- the equation parser
 
 
-expr = pytest.importorskip("gradfit.expr")
+expr = pytest.importorskip("gradfit.expr.parser")
 
 EQ_TOKENS = ["x", "y", "b1", "A", "_z", "1", "2.5", "1e3", "1e999", "0", "+", "-", "*", "/", "**", "(", ")", "=", " ",
              "sin", "cos", "exp", "log", "sqrt", "abs", "tanh", "pi", "e", ",", ".", "__import__", "'os'", "lambda",
@@ -168,7 +167,7 @@ class _Evil:
 
 
 def test_a_pickled_checkpoint_is_refused_unread(tmp_path, monkeypatch):
-    from gradfit.checkpoint import load_model
+    from gradfit.results.checkpoint import load_model
 
     monkeypatch.chdir(tmp_path)
     d = tmp_path / "run"
@@ -182,8 +181,8 @@ def test_a_pickled_checkpoint_is_refused_unread(tmp_path, monkeypatch):
 @FUZZ
 @given(st.binary(max_size=300))
 def test_random_bytes_as_a_checkpoint(tmp_path_factory, data):
-    from gradfit.checkpoint import load_model
-    from gradfit.resume import load_state
+    from gradfit.results.checkpoint import load_model
+    from gradfit.train.resume import load_state
 
     p = tmp_path_factory.mktemp("ck") / "model.safetensors"
     p.write_bytes(data)

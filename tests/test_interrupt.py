@@ -21,11 +21,11 @@ import torch
 import yaml
 
 from conftest import small_config
-
-from gradfit import api
-from gradfit.config import config_from_dict
+from gradfit.config.loading import config_from_dict
 from gradfit.errors import CheckpointError, ConfigError, DataError
-from gradfit.resume import RESUME_NAME, load_state
+from gradfit.optim import first_order
+from gradfit.train import run as api
+from gradfit.train.resume import RESUME_NAME, load_state
 
 
 def _cfg(tmp_path, **train):
@@ -46,7 +46,7 @@ def assert_consistent(d: Path, epochs: int, stop_reason: str) -> dict:
     rows = read_history(d)
     assert [int(r[0]) for r in rows] == list(range(1, epochs + 1))
     assert load_state(d / RESUME_NAME).epoch == epochs
-    from gradfit.checkpoint import load_model
+    from gradfit.results.checkpoint import load_model
 
     model = load_model(d)
     assert torch.isfinite(torch.as_tensor(model.predict([[0.5]]))).all()
@@ -201,7 +201,7 @@ def test_checkpoint_every_saves_and_a_crashed_run_resumes(tmp_path):
     assert not (d / "metrics.json").exists()
     assert load_state(d / RESUME_NAME).epoch == 40
     assert len(read_history(d)) == 40
-    from gradfit.checkpoint import read_checkpoint
+    from gradfit.results.checkpoint import read_checkpoint
 
     assert read_checkpoint(d).extra["epochs"] == 40
     resumed = api.resume(d)
@@ -262,7 +262,7 @@ def test_resume_refuses_changed_data(tmp_path):
 
 
 def test_atomic_write_keeps_the_old_file_on_a_crash(tmp_path):
-    from gradfit.runs import atomic_path, write_json
+    from gradfit.results.rundir import atomic_path, write_json
 
     p = tmp_path / "metrics.json"
     write_json(p, {"a": 1})
@@ -345,17 +345,16 @@ def test_best_weights_saved_under_ddp_names_load_into_a_plain_head():
     """States written by a torchrun run on 2026-11-22 named early stopping's best weights module.*."""
     import torch.nn.functional as F
 
-    from gradfit import fastopt
-    from gradfit.config import EarlyStopping
-    from gradfit.models import LinearHead
-    from gradfit.training import StopState, TrainData, fit
+    from gradfit.config.schema import EarlyStopping
+    from gradfit.models.heads import LinearHead
+    from gradfit.train.loop import StopState, TrainData, fit
 
     g = torch.Generator().manual_seed(0)
     Z, y = torch.randn(50, 3, generator=g, dtype=torch.float64), torch.randn(50, generator=g, dtype=torch.float64)
     head = LinearHead(3, True, torch.float64)
     best = {"module.weight": torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64), "module.bias": torch.tensor(4.0, dtype=torch.float64)}
     state = StopState(best_val=0.0, best_epoch=7, best_state=best)  # no epoch can beat a loss of 0
-    res = fit(head, TrainData(Z, y, Z[:10], y[:10]), F.mse_loss, fastopt.SGD(head.parameters(), lr=0.1), kind="sgd",
+    res = fit(head, TrainData(Z, y, Z[:10], y[:10]), F.mse_loss, first_order.SGD(head.parameters(), lr=0.1), kind="sgd",
               epochs=9, batch_size=None, tol=0.0, loss_scale=1.0, lr=0.1, generator=torch.Generator().manual_seed(0),
               early_stopping=EarlyStopping(patience=100), start_epoch=7, stop_state=state)
     assert res.best_epoch == 7

@@ -10,8 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gradfit import fastopt
-from gradfit.models import LinearHead
+from gradfit.data import batches
+from gradfit.models import passes as fastopt
+from gradfit.models.heads import LinearHead
 
 needs_kernel = pytest.mark.skipif(fastopt._fused is None, reason="gradfit._fused was not built")
 
@@ -20,7 +21,7 @@ def _design(n, m, dtype, seed=0, column_major=True):
     g = torch.Generator().manual_seed(seed)
     X = torch.randn(n, m, generator=g, dtype=torch.float64)
     y = X @ torch.linspace(-2, 3, m, dtype=torch.float64) + 0.5 + 0.1 * torch.randn(n, generator=g, dtype=torch.float64)
-    Z = fastopt.empty_design(n, m, dtype, "cpu", column_major=column_major)
+    Z = batches.empty_design(n, m, dtype, "cpu", column_major=column_major)
     Z.copy_(X)
     return Z, y.to(dtype)
 
@@ -137,8 +138,8 @@ def test_kernel_takes_only_what_it_can_read():
 
 @needs_kernel
 def test_training_with_the_kernel_follows_the_torch_path(tmp_path, monkeypatch):
-    from gradfit.api import train
-    from gradfit.config import config_from_dict
+    from gradfit.config.loading import config_from_dict
+    from gradfit.train.run import train
 
     cfg = config_from_dict({
         "name": "k", "seed": 0, "device": "cpu", "dtype": "float64",
@@ -195,7 +196,7 @@ def test_kernel_refuses_parameters_that_do_not_fit_the_design():
 def test_kernel_blocks_are_capped_whatever_chunk_rows_asks():
     # Partial sums within a block are in the design's dtype: a long block would lose float32 digits.
     n = 1 << 20
-    Z = fastopt.empty_design(n, 1, torch.float32, "cpu", column_major=True)
+    Z = batches.empty_design(n, 1, torch.float32, "cpu", column_major=True)
     Z.fill_(1.0)
     y = torch.full((n,), 0.9, dtype=torch.float32)
     head = LinearHead(1, False, torch.float32)

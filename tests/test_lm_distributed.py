@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from gradfit.errors import GradfitError
-from gradfit.lm import LevenbergMarquardt
-from gradfit.uncertainty import covariance_unscaled
+from gradfit.optim.lm import LevenbergMarquardt
+from gradfit.results.uncertainty import covariance_unscaled
 
 
 class ThreadDist:
@@ -120,12 +120,16 @@ def test_levenberg_marquardt_on_shards_takes_the_one_process_steps():
         return out
 
     ranks = on_ranks(SHARDS, work)
+    # max |J^T r| ends at rounding noise (~1e-12 here: an ulp of theta times J^T J), which the ranks'
+    # other order of sums changes at will: below a floor far above that noise and far below the
+    # gradients LM took its steps on, the two need only both be down there (theta is checked above).
+    floor = 1e-10 * grads[0]
     for it in range(8):
         for k in range(len(SHARDS)):
             theta, g = ranks[k][it]
             assert torch.equal(theta, ranks[0][it][0])  # every rank holds the same parameters
             assert torch.allclose(theta, want[it], rtol=1e-10, atol=1e-12), (it, k)
-            assert g == pytest.approx(grads[it], rel=1e-6, abs=1e-12)
+            assert g == pytest.approx(grads[it], rel=1e-6, abs=floor), (it, k)
     assert torch.allclose(want[-1], torch.tensor([3.0, 0.8, 0.4], dtype=torch.float64), atol=0.05)
 
 
@@ -145,7 +149,7 @@ def test_covariance_from_shards_equals_the_whole_jacobian():
 def test_the_global_mean_loss_is_the_same_number_on_every_rank():
     """Dist.wrap_loss: the value (what L-BFGS's line search, the history and the stopping rules read)
     must be bit for bit the same on every rank, or the ranks' L-BFGS steps part ways."""
-    from gradfit.distributed import Dist
+    from gradfit.parallel import Dist
 
     g = torch.Generator().manual_seed(5)
     shards = [torch.randn(int(n), generator=g, dtype=torch.float64) * s
@@ -153,7 +157,7 @@ def test_the_global_mean_loss_is_the_same_number_on_every_rank():
     for trial in range(20):
         w = torch.tensor(0.1 * trial + 0.05, dtype=torch.float64, requires_grad=True)
 
-        def work(target, dist):
+        def work(target, dist, w=w):
             fn = Dist.wrap_loss(dist, torch.nn.functional.mse_loss)
             loss = fn(w * torch.ones_like(target), target)
             (grad,) = torch.autograd.grad(loss, w)

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from conftest import small_config
-from gradfit.config import config_from_dict
-from gradfit.models import _legendre_poly, build_model, polynomial_terms, term_name
+from gradfit.config.loading import config_from_dict
+from gradfit.models.build import build_model
+from gradfit.models.features import _legendre_poly, polynomial_terms, term_name
 
 
 def test_legendre_polynomials_exact():
@@ -64,7 +65,7 @@ def test_constant_feature_is_refused():
 
 def test_autograd_gradient_matches_finite_differences():
     """The training loss's gradient (what every optimizer follows) against central differences."""
-    from gradfit.losses import Loss
+    from gradfit.models.losses import Loss
 
     rng = np.random.default_rng(3)
     X = torch.tensor(rng.uniform(-2, 2, size=(40, 1)))

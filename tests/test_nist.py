@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gradfit.api import train
-from gradfit.config import config_from_dict
-from gradfit.lbfgs import LBFGS
+from gradfit.config.loading import config_from_dict
+from gradfit.optim.lbfgs import LBFGS
+from gradfit.train.run import train
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("nist_accuracy", ROOT / "bench" / "accuracy.py")
@@ -127,9 +127,12 @@ def test_lbfgs_reaches_full_precision_where_the_loss_cannot_show_it():
     b = A @ torch.arange(1, 7, dtype=torch.float64) + 100 * torch.randn(200, generator=g, dtype=torch.float64)
     ref = torch.linalg.lstsq(A, b[:, None]).solution[:, 0]
     x, opt = _minimize(lambda w: (A @ w - b).pow(2).mean(), [0.0] * 6, steps=10)
-    assert float((x - ref).abs().max() / ref.abs().max()) < 1e-13
+    rounding = 1e-13  # the relative error of a full-precision answer (ref's own: another lstsq differs by ~3e-15)
+    ours = float((x - ref).abs().max() / ref.abs().max())
+    assert ours < rounding
 
-    # torch's strong-Wolfe L-BFGS stops far above that on the same problem.
+    # torch's strong-Wolfe L-BFGS gets no closer on the same problem: with some builds it stops far above
+    # that; where it too reaches the rounding level, the two errors are noise and count as equal.
     w = torch.nn.Parameter(torch.zeros(6, dtype=torch.float64))
     topt = torch.optim.LBFGS([w], max_iter=200, tolerance_grad=0, tolerance_change=0, line_search_fn="strong_wolfe")
 
@@ -141,7 +144,8 @@ def test_lbfgs_reaches_full_precision_where_the_loss_cannot_show_it():
 
     for _ in range(5):
         topt.step(closure)
-    assert float((w.detach() - ref).abs().max() / ref.abs().max()) > float((x - ref).abs().max() / ref.abs().max())
+    theirs = float((w.detach() - ref).abs().max() / ref.abs().max())
+    assert theirs > ours or max(theirs, ours) < rounding, (theirs, ours)
 
 
 def test_lbfgs_stalls_honestly_at_a_minimum():
@@ -186,7 +190,10 @@ def test_lbfgs_exact_line_search_on_a_quadratic_is_conjugate_gradients():
     loss, grad_max = opt.last
     true = float(closure().detach())
     assert loss == pytest.approx(true, rel=1e-12)
-    assert grad_max == pytest.approx(float(w.grad.abs().max()), rel=1e-6, abs=1e-13)
+    # At the minimum both gradients are rounding noise (~1e-14 here, other BLAS builds other noise): below
+    # 1e-12 of the starting gradient they need only both be down there (the last step before: ~4e-3).
+    start_grad = float((2 / len(b)) * (A.T @ b).abs().max())
+    assert grad_max == pytest.approx(float(w.grad.abs().max()), rel=1e-6, abs=1e-12 * start_grad)
 
     # The same closure without the flag: the bracketing line search, far from the minimum after 13 iterations.
     w2 = torch.nn.Parameter(torch.zeros(12, dtype=torch.float64))
@@ -224,9 +231,8 @@ def test_lbfgs_exact_steps_hold_on_an_ill_conditioned_float32_design(seed):
     """Raw powers of x in [0, 4] up to x^5 in float32 (standardize: false): interpolated gradients carry
     large rounding there; the steps must still reach the least-squares fit (they once stalled at gap 5e-2)."""
     from conftest import small_config
-
-    from gradfit import api
-    from gradfit.config import config_from_dict
+    from gradfit.config.loading import config_from_dict
+    from gradfit.train import run as api
 
     cfg = small_config(seed=seed, dtype="float32",
                        data={"synthetic": {"kind": "polynomial", "coefficients": [3, 2, 1, 0.5], "n_samples": 2000,

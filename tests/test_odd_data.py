@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gradfit import api
-from gradfit.checkpoint import load_model
-from gradfit.config import config_from_dict
+from gradfit.config.loading import config_from_dict
+from gradfit.results.checkpoint import load_model
+from gradfit.train import run as api
 
 
 def _train(tmp_path, frame: pd.DataFrame, target: str, features, **over):
@@ -42,7 +42,7 @@ def test_column_names_with_spaces_and_non_ascii_letters_end_to_end(tmp_path, cli
     o = rng.normal(size=n)
     target = "rendement ü"
     frame = pd.DataFrame({names[0]: t, names[1]: w, names[2]: o, target: 1.5 + 2.0 * t - 0.5 * w + 3.25 * o})
-    run = _train(tmp_path, frame, target, names)
+    _train(tmp_path, frame, target, names)
 
     coefs = json.loads((tmp_path / "run" / "coefficients.json").read_text(encoding="utf-8"))
     assert coefs["target"] == target
@@ -114,7 +114,7 @@ def test_huge_offset_polynomial_with_adam(tmp_path):
 
 def test_read_frame_reads_only_the_needed_columns(tmp_path):
     """A text column the config does not use is never parsed (and never a problem)."""
-    from gradfit.data import read_frame
+    from gradfit.data.tables import read_frame
 
     pd.DataFrame({"x": [1.0, 2.0], "notes": ["a, b", "ç"], "y": [3.0, 4.0]}).to_csv(tmp_path / "d.csv", index=False)
     frame = read_frame(tmp_path / "d.csv", ["x", "y"])
@@ -125,7 +125,7 @@ def test_read_frame_reads_only_the_needed_columns(tmp_path):
 def test_a_missing_date_stays_missing():
     """A datetime column becomes numbers (nanoseconds); a missing date (NaT) is a missing value,
     reported or dropped like any other, not the number -9.2e18."""
-    from gradfit.data import frame_to_arrays
+    from gradfit.data.tables import frame_to_arrays
     from gradfit.errors import DataError
 
     frame = pd.DataFrame({"t": pd.date_range("2026-01-01", periods=5, freq="D"), "y": np.arange(5.0)})

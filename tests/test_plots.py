@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gradfit import plots
+from gradfit.results import plots
 
 
 @pytest.fixture
@@ -46,8 +46,8 @@ def test_run_writes_readable_pngs(tmp_path):
     import matplotlib.image as mpimg
 
     from conftest import CONFIGS
-    from gradfit.api import train
-    from gradfit.config import load_config
+    from gradfit.config.loading import load_config
+    from gradfit.train.run import train
 
     for name in ("quadratic.yaml", "multi.yaml"):
         run = train(load_config(CONFIGS / name, ["train.epochs=30"]), out=tmp_path / name)
@@ -65,7 +65,7 @@ def test_loss_plot_masks_zeros_and_marks_best_epoch(captured):
 
 
 def test_long_history_is_thinned_to_loss_points(monkeypatch):
-    from gradfit.training import EpochRecord
+    from gradfit.train.loop import EpochRecord
 
     sent = {}
     monkeypatch.setattr(plots, "_submit", lambda kind, path, args: sent.update(args))

@@ -8,9 +8,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from gradfit import api, streaming
-from gradfit.config import config_from_dict
+from gradfit.config.loading import config_from_dict
 from gradfit.errors import ConfigError, DataError
+from gradfit.train import run as api
+from gradfit.train import streamed as streaming
 
 N = 12_000
 TRUE = np.array([1.5, -2.0, 0.5])
@@ -145,7 +146,7 @@ def test_streaming_writes_a_run_directory(tmp_path):
     run = api.train(config(path, data={"streaming": True, "split": {"val": 0.2}}, output={"dir": str(tmp_path / "runs")}))
     names = {p.name for p in run.run_dir.iterdir()}
     assert {"metrics.json", "coefficients.json", "model.safetensors", "history.csv", "config.yaml"} <= names
-    from gradfit.checkpoint import load_model
+    from gradfit.results.checkpoint import load_model
 
     model = load_model(run.run_dir)
     model = model[0] if isinstance(model, tuple) else model

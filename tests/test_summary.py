@@ -8,9 +8,8 @@ import re
 import pytest
 from rich.console import Console
 
-from gradfit.cli import train as cli_train
 from gradfit.cli.train import Progress, fmt_interval, fmt_r2, render_summary, wrap_equation
-from gradfit.training import EpochRecord
+from gradfit.train.loop import EpochRecord
 
 COLOR_SGR = re.compile(r"\x1b\[[0-9;]*(3[0-9]|4[0-9]|9[0-7])[0-9;]*m")  # colour, not bold or cursor moves
 
@@ -52,8 +51,8 @@ def test_numbers_keep_the_digits_that_matter():
 
 def test_summary_fits_80_columns_and_names_the_features(tmp_path):
     from conftest import CONFIGS
-    from gradfit.api import train
-    from gradfit.config import load_config
+    from gradfit.config.loading import load_config
+    from gradfit.train.run import train
 
     run = train(load_config(CONFIGS / "multi.yaml"), out=tmp_path / "multi")
     buf = io.StringIO()

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from conftest import CONFIGS, DATA, small_config
-from gradfit.api import train
-from gradfit.config import config_from_dict, load_config
+from gradfit.config.loading import config_from_dict, load_config
+from gradfit.train.run import train
 
 
 def _train(raw, tmp_path, **kw):
@@ -58,7 +58,7 @@ def test_linear_csv_matches_numpy_lstsq(tmp_path):
     df = pd.read_csv(DATA / "houses.csv")
     feats = ["size_m2", "age_years", "rooms", "distance_km"]
     # numpy on the same training rows the run used
-    from gradfit.data import split_rows
+    from gradfit.data.split import split_rows
 
     split = split_rows(len(df), 0.2, 0.1, 0)
     tr = split.train.numpy()

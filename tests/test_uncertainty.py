@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from gradfit.api import train
-from gradfit.config import config_from_dict
-from gradfit.uncertainty import t_quantile
+from gradfit.config.loading import config_from_dict
+from gradfit.results.uncertainty import t_quantile
+from gradfit.train.run import train
 
 NIST = Path(__file__).resolve().parents[1] / "data" / "nist"
 

@@ -3,117 +3,24 @@
 This package is the only place that imports typer or rich. Nothing heavy
 (torch, pandas, matplotlib) is imported at module level, so ``gradfit --help``
 answers quickly; each command imports the library inside its function.
-One module per command (or family of commands) registers itself on ``app``.
+One module per command (or family of commands) registers itself on ``app``
+(cli/common.py holds the app, the consoles and the error translation).
 """
 
 from __future__ import annotations
 
-import os
 import sys
-from typing import Callable, TypeVar
 
-import typer
+# Each command module registers its commands on import; --help lists them in this order.
+# isort: off
+from gradfit.cli import train  # noqa: F401
+from gradfit.cli import solve  # noqa: F401
+from gradfit.cli import evaluate  # noqa: F401
+from gradfit.cli import inspect  # noqa: F401
+# isort: on
+from gradfit.cli.common import app
 
-from gradfit import __version__
-from gradfit.errors import GradfitError
-
-app = typer.Typer(
-    name="gradfit",
-    help="Regression models and equation systems fitted by PyTorch autograd.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-F = TypeVar("F", bound=Callable)
-
-
-def _version(value: bool) -> None:
-    if value:
-        from gradfit.kernel import find  # (a plain C module: no torch)
-
-        kernel = find()[1]
-        typer.echo(f"gradfit {__version__}\ncompiled kernel: {kernel}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
-    ),
-) -> None:
-    """Regression models and equation systems fitted by PyTorch autograd."""
-
-
-def stderr_console():
-    """A rich console on stderr (colour off with NO_COLOR or when not a terminal)."""
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False, no_color=bool(os.environ.get("NO_COLOR")))
-
-
-def stdout_console():
-    from rich.console import Console
-
-    return Console(highlight=False, no_color=bool(os.environ.get("NO_COLOR")))
-
-
-def fail(err: GradfitError) -> "typer.Exit":
-    """Print a user error on stderr and return the Exit to raise (code 1, or the error's own)."""
-    from rich.markup import escape
-
-    console = stderr_console()
-    console.print(f"[bold red]error:[/] {escape(err.message)}")
-    if err.hint:
-        console.print(f"  [yellow]hint:[/] {escape(err.hint)}")
-    return typer.Exit(code=err.exit_code)
-
-
-def user_errors(fn: F) -> F:
-    """Decorator: turn GradfitError into a message on stderr and its exit code; no traceback."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except GradfitError as err:
-            raise fail(err) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-# Set by the entry point (gradfit.__main__), which turns the cyclic garbage collector off for start-up.
-GC_PAUSED = False
-
-
-def imports_done() -> None:
-    """The command has imported its libraries: turn the collector back on (see gradfit.__main__).
-
-    ``gc.freeze`` moves every object alive now (modules, classes, torch's registries) into a
-    generation the collector never walks, so later collections cost what the run itself allocates.
-    """
-    global GC_PAUSED
-    if GC_PAUSED:
-        import gc
-
-        gc.freeze()
-        gc.enable()
-        GC_PAUSED = False
-
-
-# Register the commands (each module imports only typer at module level).
-from gradfit.cli import train as _train  # noqa: E402,F401
-
-for _name in ("solve", "evaluate", "inspect"):
-    try:
-        __import__(f"gradfit.cli.{_name}")
-    except ModuleNotFoundError as _exc:  # a command module not written yet
-        if _exc.name != f"gradfit.cli.{_name}":
-            raise
+__all__ = ["app", "main"]
 
 
 def main() -> None:

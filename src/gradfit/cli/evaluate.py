@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from gradfit.cli import app, imports_done, stderr_console, stdout_console, user_errors
+from gradfit.cli.common import app, imports_done, stderr_console, stdout_console, user_errors
 
 CHECKPOINT_HELP = "A model.safetensors written by 'gradfit train', or the run directory that holds it."
 
@@ -23,7 +23,7 @@ def eval_(
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object: {set: {loss, mse, rmse, mae, r2}}."),
 ) -> None:
     """Metrics of a saved model (loss, MSE, RMSE, MAE, R^2 in original units)."""
-    from gradfit.evaluate import evaluate
+    from gradfit.results.evaluate import evaluate
 
     imports_done()
     ev = evaluate(checkpoint, data)
@@ -31,7 +31,7 @@ def eval_(
     for note in ev.notes:
         err.print(f"[yellow]note:[/] {note}")
     if json_out:
-        from gradfit.runs import to_json
+        from gradfit.results.rundir import to_json
 
         sys.stdout.write(to_json(ev.metrics))
         return
@@ -44,7 +44,7 @@ def render_evaluation(console, ev) -> None:
     from rich.table import Table
 
     from gradfit.cli.train import fmt
-    from gradfit.metrics import METRIC_KEYS
+    from gradfit.results.metrics import METRIC_KEYS
 
     lm = ev.model
     held = "data" not in ev.metrics
@@ -73,7 +73,7 @@ def predict(
     ),
 ) -> None:
     """Predict every row of a data file: its columns plus a 'prediction' column, as CSV."""
-    from gradfit.evaluate import predict_file
+    from gradfit.results.evaluate import predict_file
 
     imports_done()
     res = predict_file(checkpoint, data, out=out, columns=columns or None)

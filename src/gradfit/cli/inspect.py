@@ -1,7 +1,7 @@
 """gradfit check, init, schema and runs: look at configs and runs without training.
 
 None of these commands imports torch (start-up about 1 s instead of 4 to 6), except
-check on a formula config, whose validation parses the formula with gradfit.formula.
+check on a formula config, whose validation parses the formula with gradfit.expr.formula.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from gradfit.cli import app, stderr_console, stdout_console, user_errors
+from gradfit.cli.common import app, stderr_console, stdout_console, user_errors
 from gradfit.errors import DataError, GradfitError
 
 # ---------------------------------------------------------------- check
@@ -33,7 +33,7 @@ def check(
     """
     from rich.markup import escape
 
-    from gradfit.config import load_config
+    from gradfit.config.loading import load_config
 
     cfg = load_config(config, set_)
     cfg, what = check_data(cfg)
@@ -48,7 +48,7 @@ def check_data(cfg):
     """
     dc = cfg.data
     if cfg.model.kind == "formula":
-        from gradfit.formula import resolve_config
+        from gradfit.data.resolve import resolve_config
 
         cfg = resolve_config(cfg)  # reads the column names itself; DataError/ConfigError as train
         dc = cfg.data
@@ -63,9 +63,9 @@ def check_data(cfg):
                 "remove data.target/data.features or make them match"
             )
         return cfg, f"synthetic {syn.kind} data, {syn.n_samples} rows, features {', '.join(names)}"
-    from gradfit.columns import read_columns, select_columns
-
     import os
+
+    from gradfit.data.columns import read_columns, select_columns
 
     path = cfg.resolved_data_path()
     feats = select_columns(read_columns(path), dc.target, dc.features, path)  # errors word the path as train does
@@ -234,7 +234,7 @@ def init(
     """Write a commented example config (and its sample data) that `gradfit train` runs as is."""
     from rich.markup import escape
 
-    from gradfit.runs import write_text
+    from gradfit.results.rundir import write_text
 
     if model not in _TEMPLATES:
         raise typer.BadParameter(f"{model!r} is not one of: {', '.join(sorted(_TEMPLATES))}", param_hint="--model")
@@ -251,7 +251,7 @@ def init(
             f"{' and '.join(map(str, taken))} already exist{'s' if len(taken) == 1 else ''}; nothing was written",
             hint="add --force to overwrite, or give another PATH",
         )
-    for p, text in files.items():
+    for p in files:
         if p.is_dir():
             raise GradfitError(f"{p} is a directory; nothing was written", hint="give another PATH")
     for p, text in files.items():
@@ -278,7 +278,7 @@ def schema() -> None:
     """
     import json
 
-    from gradfit.config import Config
+    from gradfit.config.schema import Config
 
     doc = {"$schema": "https://json-schema.org/draft/2020-12/schema", **Config.model_json_schema()}
     doc["title"] = "gradfit config"
@@ -305,7 +305,7 @@ def runs(
     json_out: bool = typer.Option(False, "--json", help="Print the runs as a JSON list of objects."),
 ) -> None:
     """List the finished runs under DIR (default runs/) as a table: model, metrics, date."""
-    from gradfit import compare
+    from gradfit.results import compare
 
     try:
         compare.check_sort_key(sort)
@@ -320,7 +320,7 @@ def runs(
         err.print(f"[yellow]note:[/] skipped {n} incomplete run director{'y' if n == 1 else 'ies'} "
                   f"(no metrics.json or config.yaml): {shown}", soft_wrap=True, markup=True, highlight=False)
     if json_out:
-        from gradfit.runs import to_json
+        from gradfit.results.rundir import to_json
 
         sys.stdout.write(to_json(records))
         return
@@ -415,7 +415,7 @@ def _now_year() -> int:
 
 
 def _down(key: str) -> bool:
-    from gradfit.compare import descending
+    from gradfit.results.compare import descending
 
     return descending(key)
 

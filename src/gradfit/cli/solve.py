@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from gradfit.cli import app, imports_done, stdout_console, user_errors
+from gradfit.cli.common import app, imports_done, stdout_console, user_errors
 from gradfit.errors import EquationError, SolveError
 
 
@@ -74,7 +74,8 @@ def solve_equations(
 
     Example: gradfit solve-equations "A + B = 9" "C - D = 1" "A + C = 8" "B - D = 2"
     """
-    from gradfit.equations import read_equation_file, solve
+    from gradfit.equations.files import read_equation_file
+    from gradfit.equations.solver import solve
 
     imports_done()
     for text in equations or []:

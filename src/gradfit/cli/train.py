@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from gradfit.cli import app, imports_done, stderr_console, stdout_console, user_errors
+from gradfit.cli.common import app, imports_done, stderr_console, stdout_console, user_errors
 
 
 def fmt(v, digits: int = 6) -> str:
@@ -25,7 +24,7 @@ def metrics_table(metrics: dict):
     """A rich table: one row per set, one column per metric."""
     from rich.table import Table
 
-    from gradfit.metrics import METRIC_KEYS
+    from gradfit.results.metrics import METRIC_KEYS
 
     table = Table(title=None, show_edge=False, pad_edge=False, box=None, header_style="bold")
     table.add_column("set")
@@ -81,7 +80,8 @@ class Progress:
 
     def __enter__(self):
         if not self.quiet and self.console.is_terminal:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RP, TextColumn, TimeElapsedColumn
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress as RP
 
             self.bar = RP(
                 TextColumn("[bold]training"),
@@ -181,22 +181,22 @@ def train(
         raise typer.BadParameter("--resume continues in the run's own directory; drop --out/--force", param_hint="--resume")
     if _rank() != 0:  # under torchrun: ranks other than 0 train in step with rank 0 and print nothing
         return _follower(_rank(), config, set_, out, force, resume)
-    from gradfit import plots
+    from gradfit.results import plots
 
-    plots.start_helper()  # matplotlib loads on another core while torch loads here (see gradfit.plots)
+    plots.start_helper()  # matplotlib loads on another core while torch loads here (see gradfit.results.plots)
     stop = StopOnSignal()
     try:
-        from gradfit import api
+        from gradfit.train import run as api
 
         imports_done()
         if resume is not None:
-            from gradfit.resume import load_run
+            from gradfit.train.resume import load_run
 
             total = load_run(resume, set_)[0].train.epochs
             with Progress(total, quiet or json_out) as progress:
                 run = api.resume(resume, set_, on_epoch=progress, should_stop=stop, on_start=stop.install)
         else:
-            from gradfit.config import load_config
+            from gradfit.config.loading import load_config
 
             cfg = load_config(config, set_)
             with Progress(cfg.train.epochs, quiet or json_out) as progress:
@@ -211,7 +211,7 @@ def train(
         stop.restore()
         plots.stop_helper()  # a run that failed: no figures to wait for
     if json_out:
-        from gradfit.runs import to_json
+        from gradfit.results.rundir import to_json
 
         sys.stdout.write(to_json({**run.metrics, "run_dir": str(run.run_dir)}))
     elif quiet:
@@ -345,10 +345,10 @@ def _follower(rank: int, config, set_, out, force, resume) -> None:
     """
     import time
 
-    from gradfit import api
-    from gradfit.config import load_config
-    from gradfit.distributed import RankFailed
+    from gradfit.config.loading import load_config
     from gradfit.errors import GradfitError
+    from gradfit.parallel import RankFailed
+    from gradfit.train import run as api
 
     imports_done()
     stop = _QuietStop()

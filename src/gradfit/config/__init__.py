@@ -1,0 +1,1 @@
+"""The config file: its schema (pydantic), YAML loading, --set overrides and messages."""

@@ -1,0 +1,309 @@
+"""The config file's schema: pydantic models with ranges, choices and cross-field rules."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    # defer_build: a model's validator is built when first used, not at import (the sections a
+    # config does not use are never built: about 40 ms of every start-up)
+    model_config = ConfigDict(extra="forbid", validate_assignment=False, defer_build=True)
+
+
+# ---------------------------------------------------------------- data
+
+
+class SyntheticPolynomial(_Strict):
+    """y = c0 + c1*x + c2*x^2 + ... + noise, x uniform on x_range."""
+
+    kind: Literal["polynomial"]
+    coefficients: list[float] = Field(min_length=1, description="lowest power first")
+    n_samples: int = Field(200, ge=2, le=100_000_000)
+    noise: float = Field(0.0, ge=0, description="standard deviation of Gaussian noise")
+    x_range: tuple[float, float] = Field((-3.0, 3.0), description="x is drawn uniformly on [low, high]")
+    feature: str = Field("x", description="name of the feature column")
+
+    @field_validator("x_range")
+    @classmethod
+    def _range(cls, v):
+        if not v[0] < v[1]:
+            raise ValueError(f"x_range must be [low, high] with low < high, got {list(v)}")
+        return v
+
+
+class SyntheticLinear(_Strict):
+    """y = bias + X @ coefficients + noise, X standard normal with n_features columns x1..xN."""
+
+    kind: Literal["linear"]
+    n_features: int = Field(1, ge=1, le=10_000, description="columns x1..xN, standard normal")
+    coefficients: Optional[list[float]] = Field(None, description="drawn from the seed when omitted")
+    bias: float = Field(0.0, description="the intercept")
+    n_samples: int = Field(200, ge=2, le=100_000_000)
+    noise: float = Field(0.0, ge=0, description="standard deviation of Gaussian noise")
+    x_range: Optional[tuple[float, float]] = Field(None, description="uniform on this range instead of normal")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.coefficients is not None and len(self.coefficients) != self.n_features:
+            raise ValueError(
+                f"coefficients has {len(self.coefficients)} values but n_features is {self.n_features}; "
+                "give one coefficient per feature"
+            )
+        if self.x_range is not None and not self.x_range[0] < self.x_range[1]:
+            raise ValueError(f"x_range must be [low, high] with low < high, got {list(self.x_range)}")
+        return self
+
+
+Synthetic = Annotated[Union[SyntheticPolynomial, SyntheticLinear], Field(discriminator="kind")]
+
+
+class Split(_Strict):
+    val: float = Field(0.2, ge=0, lt=1, description="fraction held out for validation")
+    test: float = Field(0.0, ge=0, lt=1, description="fraction held out for testing")
+
+    @model_validator(mode="after")
+    def _sum(self):
+        if self.val + self.test >= 1:
+            raise ValueError(
+                f"val + test must be below 1 (got {self.val} + {self.test}); leave some rows to train on"
+            )
+        return self
+
+
+class DataConfig(_Strict):
+    path: Optional[str] = Field(None, description=".csv or .parquet file, relative to the config file")
+    synthetic: Optional[Synthetic] = None
+    target: str = Field("y", description="the column to predict")
+    features: Optional[list[str]] = Field(None, description="default: every column but the target")
+    split: Split = Split()
+    standardize: bool = Field(True, description="scale inputs and target for training; results are reported in original units")
+    dropna: bool = Field(False, description="drop rows with missing values instead of refusing them")
+    streaming: bool = Field(
+        False, description="read a Parquet file or directory in row-group batches each epoch instead of into memory"
+    )
+
+    @model_validator(mode="after")
+    def _source(self):
+        if (self.path is None) == (self.synthetic is None):
+            raise ValueError("give exactly one of data.path (a .csv or .parquet file) or data.synthetic")
+        if self.path is not None and not self.path.lower().endswith((".csv", ".parquet", ".pq")):
+            raise ValueError(f"data.path must end in .csv or .parquet, got {self.path!r}")
+        if self.streaming and (self.path is None or not self.path.lower().rstrip("/").endswith((".parquet", ".pq"))):
+            raise ValueError(
+                "streaming reads Parquet files only (a .parquet file, or a directory of them named *.parquet), "
+                f"not {self.path or 'synthetic data'!r}; convert the data to Parquet or set data.streaming: false"
+            )
+        if self.features is not None:
+            if len(self.features) == 0:
+                raise ValueError("features is empty; list at least one column or leave it out")
+            if len(set(self.features)) != len(self.features):
+                raise ValueError("features lists a column twice")
+            if self.target in self.features:
+                raise ValueError(f"the target {self.target!r} is also listed in features")
+        return self
+
+
+# ---------------------------------------------------------------- model
+
+
+class LinearModel(_Strict):
+    kind: Literal["linear"]
+    intercept: bool = Field(True, description="fit a constant term; false forces the fit through the origin")
+
+
+class PolynomialModel(_Strict):
+    kind: Literal["polynomial"]
+    degree: int = Field(2, ge=1, le=30, description="highest total power of the terms")
+    intercept: bool = Field(True, description="fit a constant term")
+    interactions: bool = Field(True, description="products of features (several features only)")
+
+
+class MLPModel(_Strict):
+    kind: Literal["mlp"]
+    hidden: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
+        default_factory=lambda: [64, 64], min_length=1, description="sizes of the hidden layers"
+    )
+    activation: Literal["relu", "tanh", "gelu", "sigmoid", "silu", "elu", "leaky_relu", "softplus"] = "relu"
+
+
+class FormulaModel(_Strict):
+    kind: Literal["formula"]
+    formula: str = Field(description="target = expression; data columns are inputs, other names parameters")
+    start: dict[str, float] = Field(default_factory=dict, description="starting values (default 1.0)")
+
+    @field_validator("formula")
+    @classmethod
+    def _parse(cls, v):
+        # Parsed (never evaluated) here, so that a formula gradfit refuses stops the run before any
+        # data is read; which names are columns is checked once the data's columns are known.
+        from gradfit.expr.formula import check_formula
+
+        check_formula(v)
+        return v
+
+    @model_validator(mode="after")
+    def _start(self):
+        from gradfit.expr.formula import check_start
+
+        check_start(self.formula, self.start)
+        return self
+
+
+# ---------------------------------------------------------------- loss, optimizer, training
+
+
+Model = Annotated[Union[LinearModel, PolynomialModel, MLPModel, FormulaModel], Field(discriminator="kind")]
+
+
+class LossConfig(_Strict):
+    kind: Literal["mse", "mae", "huber"] = Field("mse", description="mean squared error, mean absolute error, or Huber")
+    delta: Optional[float] = Field(None, gt=0, description="huber: where it turns linear, in target units")
+
+    @model_validator(mode="after")
+    def _delta(self):
+        if self.delta is not None and self.kind != "huber":
+            raise ValueError(f"delta applies to loss kind 'huber' only, not {self.kind!r}; remove loss.delta")
+        return self
+
+
+class OptimizerConfig(_Strict):
+    kind: Literal["sgd", "adam", "adamw", "lbfgs", "lm"] = Field(
+        "adam", description="lm (Levenberg-Marquardt) is for formula models, and their default with mse"
+    )
+    lr: Union[Literal["auto"], float] = Field("auto", description="a number, or auto (see the README)")
+    momentum: Optional[float] = Field(None, ge=0, lt=1, description="sgd: heavy-ball momentum")
+    nesterov: Optional[bool] = Field(None, description="sgd: Nesterov momentum (needs momentum)")
+    weight_decay: float = Field(0.0, ge=0, description="L2 penalty (sgd, adam) or decoupled decay (adamw)")
+    betas: Optional[tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]]] = Field(
+        None, description="adam, adamw"
+    )
+    history_size: Optional[int] = Field(None, ge=1, le=1000, description="lbfgs: curvature pairs kept (default 100)")
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _lr(cls, v):
+        if v == "auto":
+            return v
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"lr must be a positive number or 'auto', got {v!r}") from None
+        if isinstance(v, bool) or not x > 0:
+            raise ValueError(f"lr must be a positive number or 'auto', got {v!r}")
+        return x
+
+    @model_validator(mode="after")
+    def _combinations(self):
+        if self.kind != "sgd":
+            for key in ("momentum", "nesterov"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key} applies to optimizer kind 'sgd' only, not {self.kind!r}; remove it")
+        if self.nesterov and not self.momentum:
+            raise ValueError("nesterov needs momentum > 0; set momentum (e.g. 0.9) or remove nesterov")
+        if self.betas is not None and self.kind not in ("adam", "adamw"):
+            raise ValueError(f"betas applies to optimizer kinds 'adam' and 'adamw' only, not {self.kind!r}")
+        if self.history_size is not None and self.kind != "lbfgs":
+            raise ValueError(f"history_size applies to optimizer kind 'lbfgs' only, not {self.kind!r}")
+        if self.kind in ("lbfgs", "lm") and self.weight_decay:
+            raise ValueError(f"weight_decay is not supported with {self.kind!r}; use adamw or sgd")
+        return self
+
+
+class EarlyStopping(_Strict):
+    patience: int = Field(50, ge=1, description="epochs without validation improvement before stopping")
+    min_delta: float = Field(0.0, ge=0, description="smallest relative improvement that counts")
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(1000, ge=1, le=100_000_000, description="the most epochs to train (lbfgs: iterations of up to 20 steps)")
+    batch_size: Optional[int] = Field(None, ge=1, description="null = full batch")
+    tol: float = Field(1e-9, ge=0, description="stop when the loss improves by less than this (relative); 0: never stop on it")
+    early_stopping: Optional[EarlyStopping] = None
+    checkpoint_every: Optional[int] = Field(None, ge=1, description="save a checkpoint every N epochs")
+
+
+class OutputConfig(_Strict):
+    dir: str = Field("runs", description="run directories are made under it, relative to the working directory")
+
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class Config(_Strict):
+    """A gradfit experiment."""
+
+    name: str = Field("run", min_length=1, max_length=100, description="names the run directory")
+    seed: int = Field(0, ge=0, lt=2**63, description="every random choice derives from it")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N; auto = cuda when available")
+    dtype: Literal["float32", "float64"] = Field("float32", description="precision of training")
+    data: DataConfig
+    model: Model
+    loss: LossConfig = LossConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    train: TrainConfig = TrainConfig()
+    output: OutputConfig = OutputConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
+            raise ValueError(
+                f"name {v!r} must be usable as a directory name: letters, digits, '.', '_' and '-', "
+                "starting with a letter or digit"
+            )
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v):
+        if not _DEVICE.match(v):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _combinations(self):
+        kind = self.model.kind
+        opt = self.optimizer
+        if kind == "formula" and self.loss.kind == "mse" and "kind" not in opt.model_fields_set:
+            # Formula models with mse loss default to Levenberg-Marquardt (docs/formula.md).
+            opt = self.optimizer = opt.model_copy(update={"kind": "lm"})
+        if opt.kind == "lm" and (opt.lr != "auto" or opt.weight_decay):
+            raise ValueError(
+                "optimizer 'lm' (Levenberg-Marquardt) takes no learning rate or weight_decay: its damping "
+                "adapts itself; remove optimizer.lr/weight_decay, or set optimizer.kind: adam to use them"
+            )
+        if opt.kind == "lm" and (kind != "formula" or self.loss.kind != "mse"):
+            raise ValueError(
+                "optimizer 'lm' (Levenberg-Marquardt) fits formula models with mse loss only; "
+                "use lbfgs, adam or sgd here"
+            )
+        if opt.kind in ("lbfgs", "lm") and self.train.batch_size is not None:
+            raise ValueError(f"optimizer {opt.kind!r} needs full batches; set train.batch_size: null")
+        if self.train.early_stopping is not None and self.data.split.val == 0:
+            raise ValueError("train.early_stopping needs a validation split; set data.split.val > 0")
+        if self.data.streaming:
+            if opt.kind in ("lbfgs", "lm") or kind == "formula":
+                what = f"optimizer {opt.kind!r}" if opt.kind in ("lbfgs", "lm") else "formula models"
+                raise ValueError(f"data.streaming does not support {what}; use optimizer adam, adamw or sgd "
+                                 "on a linear, polynomial or mlp model, or set data.streaming: false")
+            if opt.kind == "sgd" and opt.lr == "auto":
+                raise ValueError("optimizer.lr: 'auto' for sgd needs the data in memory; with data.streaming "
+                                 "give optimizer.lr a number (e.g. 0.01) or use optimizer.kind: adam")
+        return self
+
+    # Where the config was read from: relative data paths resolve against it.
+    _base_dir: Path = Path(".")
+
+    def resolved_data_path(self) -> Optional[Path]:
+        if self.data.path is None:
+            return None
+        p = Path(self.data.path).expanduser()
+        return p if p.is_absolute() else (self._base_dir / p)
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")

@@ -1,0 +1,1 @@
+"""Optimizers (SGD/Adam/AdamW, L-BFGS, Levenberg-Marquardt) and step-size rules."""

@@ -1,0 +1,1 @@
+"""Metrics, the exact check, uncertainty, plots, the run directory, checkpoints, evaluate/predict, compare."""

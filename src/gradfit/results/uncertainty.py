@@ -1,0 +1,298 @@
+"""How sure a least-squares fit is: standard errors, 95% intervals, residual SD, in original units.
+
+For an MSE fit with p coefficients on n training rows, at the solution found:
+
+    sigma^2 = RSS / (n - p)          cov = sigma^2 (J^T J)^-1
+
+with J the Jacobian of the predictions with respect to the coefficients. This is
+the usual asymptotic covariance (exact for linear models with independent
+Gaussian noise), the one NIST certifies. Everything is float64.
+
+- Linear and polynomial models: J is the model's own well-conditioned design
+  (scaled Legendre or monomial columns, plus the intercept's column of ones), so
+  (J^T J)^-1 is accurate; the covariance is then carried to the raw coefficients
+  through the linear map from the head's weights to the raw polynomial, built
+  exactly (``FeatureMap.term_polynomials``, the map ``coefficients()`` uses).
+- Formula models: J from forward-mode autograd at the fitted parameters, on the raw
+  rows in float64, inverted through a QR factorization of its column-scaled form.
+
+``ci95`` is value +- t(0.975, n - p) * std_error, the t quantile computed here
+(scipy is not a dependency of gradfit). Other losses and MLPs get none of this.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import torch
+
+# ---------------------------------------------------------------- Student's t quantile
+
+_FPMIN = 1e-300
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the regularized incomplete beta function (modified Lentz)."""
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > _FPMIN else _FPMIN)
+    h = d
+    for m in range(1, 100_000):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > _FPMIN else _FPMIN)
+        c = 1.0 + aa / c
+        c = c if abs(c) > _FPMIN else _FPMIN
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > _FPMIN else _FPMIN)
+        c = 1.0 + aa / c
+        c = c if abs(c) > _FPMIN else _FPMIN
+        step = d * c
+        h *= step
+        if abs(step - 1.0) < 1e-16:
+            break
+    return h
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_bt = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_bt) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_bt) * _betacf(b, a, 1.0 - x) / b
+
+
+def t_upper_tail(t: float, dof: float) -> float:
+    """P(T > t) for Student's t with ``dof`` degrees of freedom, t >= 0."""
+    # 0.5 * I_{dof/(dof+t^2)}(dof/2, 1/2), the argument written to keep precision for large t.
+    return 0.5 * betainc(dof / 2.0, 0.5, dof / (dof + t * t))
+
+
+def t_quantile(p: float, dof: float) -> float:
+    """The p-quantile of Student's t (0.5 < p < 1), by bisection then Newton steps on the tail."""
+    if not 0.5 <= p < 1.0 or not dof > 0:
+        raise ValueError(f"t_quantile needs 0.5 <= p < 1 and dof > 0, got p={p}, dof={dof}")
+    if p == 0.5:
+        return 0.0
+    q = 1.0 - p
+    lo, hi = 0.0, 1.0
+    while t_upper_tail(hi, dof) > q:
+        lo, hi = hi, hi * 2.0
+        if hi > 1e300:
+            return math.inf
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if t_upper_tail(mid, dof) > q:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 4e-16 * hi:
+            break
+    t = 0.5 * (lo + hi)
+    # Newton on log tail polishes the last bits (the density is the tail's derivative).
+    log_c = math.lgamma((dof + 1) / 2) - math.lgamma(dof / 2) - 0.5 * math.log(dof * math.pi)
+    for _ in range(3):
+        dens = math.exp(log_c - (dof + 1) / 2 * math.log1p(t * t / dof))
+        tail = t_upper_tail(t, dof)
+        if dens <= 0:
+            break
+        nxt = t + (tail - q) / dens
+        if not lo <= nxt <= hi:
+            break
+        t = nxt
+    return t
+
+
+# ---------------------------------------------------------------- summaries
+
+
+def summarize(names: list[str], values: list[float], variances: list[float], rss: float, n: int, p: int) -> dict:
+    """{std_errors, ci95, residual_sd, dof} from coefficient variances (sigma^2 already in them)."""
+    dof = n - p
+    tq = t_quantile(0.975, dof)
+    se = {k: math.sqrt(max(v, 0.0)) for k, v in zip(names, variances)}
+    return {
+        "std_errors": se,
+        "ci95": {k: [x - tq * se[k], x + tq * se[k]] for k, x in zip(names, values)},
+        "residual_sd": math.sqrt(rss / dof),
+        "dof": dof,
+    }
+
+
+def uncertainty(model, X: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None) -> dict:
+    """The uncertainty keys of coefficients.json for a linear, polynomial or formula model fitted by MSE.
+
+    X, y: the training rows (raw, float64), or with ``rows`` the rows ``X[rows]``, ``y[rows]``
+    (linear and polynomial models read them chunk by chunk, without a copy). Empty when it
+    cannot be computed (no residual degrees of freedom, or coefficients the data cannot tell apart).
+    """
+    kind = model.spec["kind"]
+    if kind == "formula":
+        return formula_uncertainty(model, X if rows is None else X[rows], y if rows is None else y[rows])
+    if kind in ("linear", "polynomial"):
+        return linear_uncertainty(model, X, y, rows)
+    return {}
+
+
+RSS_CHUNK_ROWS = 1 << 14
+
+
+def _rss(model, X: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None) -> float:
+    n = X.shape[0] if rows is None else rows.shape[0]
+    total = 0.0
+    for i in range(0, n, RSS_CHUNK_ROWS):
+        idx = slice(i, i + RSS_CHUNK_ROWS) if rows is None else rows[i : i + RSS_CHUNK_ROWS]
+        total += float((y[idx].to(torch.float64) - model.predict(X[idx], batch_rows=RSS_CHUNK_ROWS)).pow(2).sum())
+    return total
+
+
+# ---------------------------------------------------------------- linear and polynomial
+
+
+def raw_map(model) -> tuple[list[tuple[int, ...]], torch.Tensor]:
+    """The linear map from the design's coefficients to the raw coefficients: (exponents, M (k, m[+1])).
+
+    Raw coefficient of x^e = sum_j M[e, j] * theta_j (theta: the design's coefficients in target
+    units, the intercept's last), as ``RegressionModel.raw_polynomial`` computes it; built in
+    exact rational arithmetic, then rounded once.
+    """
+    from gradfit.models.features import polynomial_terms
+
+    fm = model.features
+    intercept = bool(model.spec["intercept"])
+    polys = fm.term_polynomials()
+    mean = [Fraction(float(v)) for v in fm.col_mean.tolist()]
+    scale = [Fraction(float(v)) for v in fm.col_scale.tolist()]
+    d = fm.n_features
+    zero = tuple([0] * d)
+    present = set().union(*(p.keys() for p in polys)) if polys else set()
+    degree = max((sum(e) for e in present), default=1) or 1
+    keys = ([zero] if intercept else []) + [tuple(e) for e in polynomial_terms(d, degree, True) if tuple(e) in present]
+    row = {e: i for i, e in enumerate(keys)}
+    m = len(polys)
+    M = [[Fraction(0)] * (m + (1 if intercept else 0)) for _ in keys]
+    for j, poly in enumerate(polys):
+        for e, c in poly.items():
+            if e in row:
+                M[row[e]][j] += c / scale[j]
+        if intercept:
+            M[row[zero]][j] -= mean[j] / scale[j]
+    if intercept:
+        M[row[zero]][m] = Fraction(1)
+    return keys, torch.tensor([[float(v) for v in r] for r in M], dtype=torch.float64)
+
+
+def linear_uncertainty(model, X: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None) -> dict:
+    """Standard errors of the raw coefficients of a linear or polynomial model (on ``X[rows]`` with ``rows``)."""
+    from gradfit.results.exact import gram
+
+    n = int(X.shape[0] if rows is None else rows.shape[0])
+    G, _ = gram(model, X, y, rows)  # (m[+1], m[+1]) of the scaled design, intercept column last
+    if n <= int(G.shape[0]):
+        return {}
+    return linear_uncertainty_from_gram(model, G, lambda: _rss(model, X, y, rows), n)
+
+
+def linear_uncertainty_from_gram(model, G: torch.Tensor, rss, n: int) -> dict:
+    """linear_uncertainty from the training rows' Gram matrix of the scaled design (intercept column
+    last) and their residual sum of squares in original units (a number, or a function giving it):
+    what a run whose rows are spread over processes or streamed from disk can sum up."""
+    from gradfit.models.features import term_name
+
+    p = int(G.shape[0])
+    if n <= p:
+        return {}
+    L, info = torch.linalg.cholesky_ex(G)
+    if int(info) != 0:
+        return {}
+    C = torch.cholesky_inverse(L)  # (A^T A)^-1 in the design's units
+    if not bool(torch.isfinite(C).all()):
+        return {}
+    rss = float(rss() if callable(rss) else rss)
+    sigma2 = rss / (n - p)
+    keys, M = raw_map(model)
+    variances = (sigma2 * ((M @ C) * M).sum(1)).tolist()
+    coefs = model.coefficients()
+    names = [("intercept" if sum(e) == 0 else term_name(e, model.spec["features"])) for e in keys]
+    values = [coefs["intercept"] if nm == "intercept" else coefs["coefficients"].get(nm, 0.0) for nm in names]
+    return summarize(names, values, variances, rss, n, p)
+
+
+# ---------------------------------------------------------------- formula
+
+
+def formula_jacobian(model, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predictions (n,), J (n, p)) of a formula model at its parameters, float64 on the CPU."""
+    head = model.head
+    X64 = X.to("cpu", torch.float64)
+    theta = head.theta.detach().to("cpu", torch.float64)
+
+    def f(t):
+        return head.evaluate(X64, t)
+
+    from gradfit.optim.lm import jacobian  # not torch.func.jacfwd, which imports torch._dynamo (see there)
+
+    return jacobian(f, theta)
+
+
+def covariance_unscaled(J: torch.Tensor, dist=None) -> torch.Tensor | None:
+    """(J^T J)^-1 through a QR factorization of J with unit columns; None when J lacks full column rank.
+
+    ``dist`` (distributed.Dist): J is this rank's rows; the column norms are summed over the ranks
+    and R comes from the QR of every rank's R stacked (see lm.py), the same R up to signs and rounding.
+    """
+    dist = dist if dist is not None and dist.enabled else None
+    if dist is None:
+        s = J.norm(dim=0)  # (p,)
+        finite = bool(torch.isfinite(J).all())
+        n = J.shape[0]
+    else:
+        s = dist.sum((J * J).sum(0)).sqrt()
+        finite = dist.sum(int(not bool(torch.isfinite(J).all()))) == 0
+        n = dist.sum(int(J.shape[0]))
+    if not finite or not bool((s > 0).all()):
+        return None
+    if dist is None:
+        R = torch.linalg.qr(J / s, mode="r").R
+    else:
+        from gradfit.optim.lm import stacked_factors
+
+        stacked, _ = stacked_factors(J / s, J.new_zeros(J.shape[0]), dist)
+        R = torch.linalg.qr(stacked, mode="r").R
+    diag = R.diagonal().abs()
+    if float(diag.min()) <= J.shape[1] * torch.finfo(torch.float64).eps * float(diag.max()) * max(n, 1):
+        return None
+    Rinv = torch.linalg.solve_triangular(R, torch.eye(R.shape[0], dtype=torch.float64), upper=True)
+    return (Rinv @ Rinv.T) / torch.outer(s, s)
+
+
+def formula_uncertainty(model, X: torch.Tensor, y: torch.Tensor, dist=None) -> dict:
+    """Standard errors of a formula model's parameters, from its autograd Jacobian at the solution.
+
+    ``dist``: X and y are this rank's training rows; sums and the factorization cover every rank's
+    (every rank must call it)."""
+    dist = dist if dist is not None and dist.enabled else None
+    n = int(X.shape[0]) if dist is None else dist.sum(int(X.shape[0]))
+    names = model.parameter_names
+    p = len(names)
+    if n <= p:
+        return {}
+    with torch.no_grad():
+        pred, J = formula_jacobian(model, X)
+    C = covariance_unscaled(J, dist)
+    rss = float((y.to(torch.float64) - pred).pow(2).sum())
+    if dist is not None:
+        rss = dist.sum(rss)
+    if C is None or not math.isfinite(rss):
+        return {}
+    sigma2 = rss / (n - p)
+    values = model.head.theta.detach().to("cpu", torch.float64).tolist()
+    return summarize(names, values, (sigma2 * C.diagonal()).tolist(), rss, n, p)

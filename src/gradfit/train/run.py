@@ -1,0 +1,405 @@
+"""Training as one library call: config -> data -> model -> loop -> run directory.
+
+``train`` is what ``gradfit train`` calls; it returns a ``RunResult`` and never prints.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from gradfit.config.schema import Config
+from gradfit.data.split import STREAM_BATCH, STREAM_INIT, STREAM_PLOT, Dataset, Split, generator, split_rows
+from gradfit.data.tables import load_dataset
+from gradfit.models import losses
+from gradfit.models.build import build_model
+from gradfit.models.regression import DESIGN_CHUNK_ROWS, RegressionModel
+from gradfit.optim import plan as optim
+from gradfit.parallel import SINGLE, resolve_device
+from gradfit.results.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from gradfit.results.exact import exact_least_squares
+from gradfit.results.metrics import evaluate_sets, predict_rows
+from gradfit.results.rundir import make_run_dir, write_history, write_json, write_text
+from gradfit.train.loop import EpochRecord, StopState, TrainData, TrainResult, fit
+from gradfit.train.prepared import Prepared
+
+
+@dataclass
+class RunResult:
+    run_dir: Optional[Path]
+    metrics: dict
+    coefficients: dict
+    config: Config
+    result: TrainResult
+    model: RegressionModel
+    notes: list[str] = field(default_factory=list)
+    lr_rule: str = ""
+
+
+def resolved_config_dict(cfg: Config) -> dict:
+    """The config as written to the run directory: data.path made absolute so the run repeats from anywhere."""
+    d = cfg.to_dict()
+    p = cfg.resolved_data_path()
+    if p is not None:
+        d["data"]["path"] = str(p.resolve())
+    return d
+
+
+def data_record(cfg: Config, ds: Dataset, split: Split) -> dict:
+    """What the checkpoint keeps about the data: enough to rebuild the held-out sets and check them."""
+    return {
+        "source": ds.source,
+        "features": ds.feature_names,
+        "target": ds.target_name,
+        "n_rows": getattr(ds, "n_rows_global", ds.n_rows),  # distributed/streamed: all rows, not this rank's
+        "split": {"val": cfg.data.split.val, "test": cfg.data.split.test},
+        "seed": cfg.seed,
+        "dropna": cfg.data.dropna,
+    }
+
+
+def prepare(cfg: Config) -> Prepared:
+    """Read the data, split it, build the model and the training design, resolve the step size."""
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.device)
+    if cfg.model.kind == "formula":
+        from gradfit.data.resolve import resolve_config
+
+        cfg = resolve_config(cfg)  # target and input columns from the formula, checked against the data
+    from gradfit import parallel
+    dist = parallel.setup(device)  # SINGLE without torchrun
+    if cfg.data.streaming:
+        from gradfit.train import streamed
+
+        return streamed.prepare(cfg, dist, dist.device or device, t0)
+    if dist.enabled:
+        from gradfit.train import shards
+
+        return shards.prepare(cfg, dist, device, t0)
+    ds = load_dataset(cfg)
+    split = split_rows(ds.n_rows, cfg.data.split.val, cfg.data.split.test, cfg.seed)
+    by_columns = _column_major(cfg, device, split)  # (never for formula models, whose design takes no layout)
+    if cfg.model.kind != "formula" and split.train.numel() > DESIGN_CHUNK_ROWS:
+        # Many rows: no copy of the training rows; the statistics and the design are made
+        # chunk by chunk from the rows the split indexes (see bench/README.md, memory).
+        y_tr = ds.y[split.train]
+        model = build_model(cfg, ds.feature_names, ds.target_name, None, y_tr, device, generator(cfg.seed, STREAM_INIT),
+                            summarize=row_summarizer(ds.X, y_tr, split.train))
+        data = TrainData(model.design(ds.X, rows=split.train, column_major=by_columns),
+                         model.scaled_target(y_tr))
+    else:
+        X_tr, y_tr = ds.X[split.train], ds.y[split.train]
+        model = build_model(cfg, ds.feature_names, ds.target_name, X_tr, y_tr, device, generator(cfg.seed, STREAM_INIT))
+        Z = model.design(X_tr, column_major=True) if by_columns else model.design(X_tr)
+        data = TrainData(Z, model.scaled_target(y_tr))
+    if split.val.numel():
+        # (the validation loss of such a run is one pass of the same kind, loss only)
+        data.Z_val = (model.design(ds.X[split.val]) if cfg.model.kind == "formula"
+                      else model.design(ds.X, rows=split.val, column_major=by_columns))
+        data.y_val = model.scaled_target(ds.y[split.val])
+    plan = optim.plan(cfg, data.Z)
+    return Prepared(cfg, device, ds, split, model, data, losses.from_config(cfg), plan, time.perf_counter() - t0)
+
+
+def _column_major(cfg: Config, device: torch.device, split: Split) -> bool:
+    """Whether the training design is stored column by column: a linear head trained on mse over
+    the whole design on the CPU, whose one-pass gradient reads that layout fastest (fastopt.LinearMSE)."""
+    bs = cfg.train.batch_size
+    return (
+        device.type == "cpu"
+        and cfg.model.kind in ("linear", "polynomial")
+        and cfg.loss.kind == "mse"
+        and (bs is None or bs >= split.train.numel() or cfg.optimizer.kind == "lbfgs")
+    )
+
+
+def row_summarizer(X: torch.Tensor, y: torch.Tensor, rows: torch.Tensor):
+    """For fit_scaling: fn -> (statistics of fn(X[rows]), statistics of y), chunk by chunk (no copy of the rows)."""
+    from gradfit.data.moments import Moments
+
+    def summarize(fn):
+        xs = Moments()
+        for i in range(0, rows.numel(), DESIGN_CHUNK_ROWS):
+            xs.add(fn(X[rows[i : i + DESIGN_CHUNK_ROWS]]))
+        return xs.reduce(SINGLE), Moments().add(y).reduce(SINGLE)
+
+    return summarize
+
+
+def train(
+    cfg: Config,
+    *,
+    out: str | Path | None = None,
+    force: bool = False,
+    write: bool = True,
+    on_epoch: Optional[Callable[[EpochRecord], None]] = None,
+    should_stop: Optional[Callable[[], bool]] = None,
+    on_start: Optional[Callable[["Prepared"], None]] = None,
+) -> RunResult:
+    """Train the experiment and (with ``write``) write its run directory."""
+    prep = prepare(cfg)
+    try:
+        # Distributed: rank 0 alone writes the run directory (the others agree on its errors).
+        run_dir = prep.dist.agree(lambda: make_run_dir(cfg.output.dir, cfg.name, out, force) if write and prep.dist.is_main else None)
+        fresh = run_dir is not None and not any(run_dir.iterdir())
+        return _train_prepared(prep, run_dir, fresh, None, None, on_epoch, should_stop, on_start)
+    finally:
+        prep.dist.close()
+
+
+def resume(
+    run_dir: str | Path,
+    overrides=(),
+    *,
+    on_epoch: Optional[Callable[[EpochRecord], None]] = None,
+    should_stop: Optional[Callable[[], bool]] = None,
+    on_start: Optional[Callable[["Prepared"], None]] = None,
+) -> RunResult:
+    """Continue the run in ``run_dir`` from its saved training state (``gradfit train --resume``).
+
+    Only ``train.*`` settings may be overridden (e.g. ``train.epochs=5000``). For a
+    full-batch run, stopping and resuming gives the same weights as never stopping.
+    Under torchrun every rank reads the run directory (a shared file system) and
+    continues from the same state; rank 0 alone writes.
+    """
+    from gradfit.results.checkpoint import read_checkpoint
+    from gradfit.train import resume as rs
+
+    run_dir = Path(run_dir)
+    cfg, state, history = rs.load_run(run_dir, overrides)
+    prep = prepare(cfg)
+
+    def same_data() -> None:  # rank 0 holds the fingerprint; every rank hears of a change
+        if not (run_dir / CHECKPOINT_NAME).is_file():
+            return
+        was = read_checkpoint(run_dir).data.get("source", {}).get("fingerprint")
+        now = prep.ds.source.get("fingerprint")
+        if was is not None and now is not None and was != now:
+            from gradfit.errors import DataError
+
+            raise DataError(
+                f"the data changed since the run in {run_dir} started ({prep.ds.source.get('path', 'synthetic data')})",
+                hint="resuming would continue on other rows; start a new run instead",
+            )
+
+    try:
+        prep.dist.agree(same_data)
+        return _train_prepared(prep, run_dir if prep.dist.is_main else None, False, state, history,
+                               on_epoch, should_stop, on_start)
+    finally:
+        prep.dist.close()
+
+
+def _train_prepared(prep: Prepared, run_dir, fresh, state, history, on_epoch, should_stop, on_start) -> RunResult:
+    """The loop and the run directory, for a new run or a resumed one (``state`` and ``history``)."""
+    from gradfit.train import resume as rs
+
+    cfg = prep.cfg
+    model, data, loss = prep.model, prep.data, prep.loss
+    y_scale = float(model.y_scale)
+    records: list[EpochRecord] = list(history or [])
+    saved = []  # epochs saved by train.checkpoint_every
+    final: dict = {}
+    try:
+        if on_start is not None:
+            on_start(prep)
+        opt = optim.make_optimizer(cfg, model.head.parameters(), prep.plan.lr, prep.device, prep.plan.iters_per_epoch)
+        gen = generator(cfg.seed, STREAM_BATCH)
+        # The stopping rules' memory (early stopping's best epoch and weights, L-BFGS's gradient
+        # record): saved with the training state, so that a resumed run stops where it would have.
+        stop_state = (state.stop if state is not None else None) or StopState()
+        if state is not None:
+            rs.restore(state, model.head, opt, gen)
+        if run_dir is not None:
+            from gradfit.results import plots
+
+            plots.prepare()  # import matplotlib now (it is needed at the end): an interrupt then saves quickly
+
+        def note_epoch(rec: EpochRecord) -> None:
+            records.append(rec)
+            if on_epoch is not None:
+                on_epoch(rec)
+
+        def save_progress(epoch: int) -> None:
+            save_partial_run(prep, run_dir, records, rs.capture(model.head, opt, gen, epoch, cfg.optimizer.kind, stop_state))
+            saved.append(epoch)
+
+        def keep_state(epoch: int) -> None:
+            final["state"] = rs.capture(model.head, opt, gen, epoch, cfg.optimizer.kind, stop_state)
+
+        result = fit(
+            # (Levenberg-Marquardt reduces its sums over the ranks itself: no DDP, no gradient hooks)
+            prep.dist.wrap(model.head) if cfg.optimizer.kind != "lm" else model.head,
+            data,
+            prep.dist.wrap_loss(loss.scaled(y_scale)),
+            opt,
+            kind=cfg.optimizer.kind,
+            epochs=cfg.train.epochs,
+            batch_size=cfg.train.batch_size,
+            tol=cfg.train.tol,
+            loss_scale=y_scale ** loss.unit_power,
+            loss_power=loss.unit_power,
+            lr=prep.plan.lr,
+            generator=gen,
+            early_stopping=cfg.train.early_stopping,
+            on_epoch=note_epoch,
+            should_stop=prep.dist.wrap_stop(should_stop),
+            on_checkpoint=save_progress if run_dir is not None else None,
+            checkpoint_every=cfg.train.checkpoint_every,
+            start_epoch=state.epoch if state is not None else 0,
+            history=history,
+            on_end=keep_state if run_dir is not None else None,
+            dist=prep.dist,
+            stream=prep.stream,
+            stop_state=stop_state,
+        )
+        if run_dir is not None and "state" in final:
+            rs.save_state(run_dir / rs.RESUME_NAME, final["state"])
+        run = finish(prep, result, run_dir)
+    except BaseException:
+        # Nothing half-written: a new run that failed before saving anything leaves no directory
+        # behind; one with a periodic checkpoint keeps it, to be resumed.
+        if fresh and not saved:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    return run
+
+
+def save_partial_run(prep: Prepared, run_dir: Path, history: list[EpochRecord], state) -> None:
+    """train.checkpoint_every: config, history so far, checkpoint and training state, each atomic.
+
+    The training state goes last: ``--resume`` trusts its epoch and ignores later history
+    rows, so a crash between two of these writes still leaves a run that resumes.
+    """
+    from gradfit.train import resume as rs
+
+    cfg, ds, split, model = prep.cfg, prep.ds, prep.split, prep.model
+    cfg_dict = resolved_config_dict(cfg)
+    write_text(run_dir / "config.yaml", dump_yaml_dict(cfg_dict))
+    write_history(run_dir / "history.csv", history)
+    save_checkpoint(
+        run_dir / CHECKPOINT_NAME,
+        model,
+        config=cfg_dict,
+        data=data_record(cfg, ds, split),
+        extra={"epochs": state.epoch, "in_progress": True},
+    )
+    rs.save_state(run_dir / rs.RESUME_NAME, state)
+    # metrics.json says a run is complete; this one is in progress (again, when resumed).
+    (run_dir / "metrics.json").unlink(missing_ok=True)
+
+
+def dump_yaml_dict(d: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(d, sort_keys=False, allow_unicode=True, default_flow_style=None)
+
+
+def finish(prep: Prepared, result: TrainResult, run_dir: Optional[Path]) -> RunResult:
+    """Metrics, exact check, coefficients, and the files of the run directory."""
+    cfg, model, ds, split, loss = prep.cfg, prep.model, prep.ds, prep.split, prep.loss
+    model.head.eval()
+    sets = evaluate_sets(model, ds, split, loss) if prep.rows is None else prep.rows.evaluate_sets(model, loss)
+    metrics = {
+        **sets,
+        "epochs": result.epochs,
+        "stop_reason": result.stop_reason,
+        "converged": result.converged,
+        "seconds": result.seconds,
+        "load_seconds": prep.load_seconds,
+        "device": str(prep.device),
+        "lr": prep.plan.lr,
+    }
+    if result.best_epoch is not None:
+        metrics["best_epoch"] = result.best_epoch
+    if cfg.model.kind in ("linear", "polynomial") and cfg.loss.kind == "mse":
+        y_tr = ds.y[split.train]
+        ex = exact_least_squares(model, ds.X, ds.y, rows=split.train) if prep.rows is None else prep.rows.exact(model)
+        var = float(y_tr.var(unbiased=False)) if prep.rows is None else prep.rows.target_variance()
+        train_mse = sets["train"]["mse"]
+        metrics["exact"] = {"loss": ex["loss"], "gap": (train_mse - ex["loss"]) / var if var > 0 else train_mse - ex["loss"]}
+    coefficients = model.coefficients()
+    if cfg.model.kind in ("linear", "polynomial", "formula") and cfg.loss.kind == "mse" and prep.rows is None:
+        from gradfit.results.uncertainty import uncertainty
+
+        coefficients.update(uncertainty(model, ds.X, ds.y, rows=split.train))
+    elif "exact" in metrics and "gram" in ex:
+        # Rows over several processes or streamed: the exact check summed their Gram matrix.
+        from gradfit.results.uncertainty import linear_uncertainty_from_gram
+
+        coefficients.update(linear_uncertainty_from_gram(model, ex["gram"], sets["train"]["mse"] * ex["n"], ex["n"]))
+    elif cfg.model.kind == "formula" and cfg.loss.kind == "mse" and prep.dist.enabled and prep.stream is None:
+        # Rows over several processes: the Jacobian's factors and the sums gathered from every rank.
+        from gradfit.results.uncertainty import formula_uncertainty
+
+        coefficients.update(formula_uncertainty(model, ds.X[split.train], ds.y[split.train], prep.dist))
+    run = RunResult(run_dir, metrics, coefficients, cfg, result, model, list(ds.notes), prep.plan.lr_rule)
+    if run_dir is not None:
+        write_run(run, prep)
+    return run
+
+
+def write_run(run: RunResult, prep: Prepared) -> None:
+    """Every file of the run directory, each written atomically."""
+    cfg, ds, split, model = prep.cfg, prep.ds, prep.split, prep.model
+    d = run.run_dir
+    from gradfit.results import plots
+
+    # The figures first: a helper process (plots.start_helper) draws them while the other files are written.
+    if run.result.history:
+        best = run.metrics.get("best_epoch") if run.metrics["stop_reason"] == "early_stopping" else None
+        plots.loss_plot(d / "loss.png", run.result.history, cfg.loss.kind, f"{cfg.name}: {cfg.loss.kind} loss per epoch", best)
+    is_train = torch.zeros(ds.n_rows, dtype=torch.bool)
+    is_train[split.train] = True
+    title = run.coefficients.get("equation") or run.coefficients.get("formula") or f"{cfg.model.kind} model of {ds.target_name}"
+    if len(ds.feature_names) == 1:
+        predict = lambda x: model.predict(x).numpy()  # noqa: E731
+        # A scatter of millions of points says no more than a few thousand and takes seconds to draw.
+        # The rows of the smallest and largest x stay, so that the curve spans all the data.
+        ends = torch.stack([ds.X[:, 0].argmin(), ds.X[:, 0].argmax()])
+        rows = torch.cat([_plot_rows(torch.arange(ds.n_rows), cfg.seed), ends]).unique()
+        plots.fit_plot(d / "fit.png", ds.X[rows, 0].numpy(), ds.y[rows].numpy(), is_train[rows].numpy(), predict,
+                       ds.feature_names[0], ds.target_name, _short(title))
+    else:
+        idx = _plot_rows(split.val if split.val.numel() else split.train, cfg.seed)
+        plots.parity_plot(d / "fit.png", ds.y[idx].numpy(), predict_rows(model, ds.X, idx).numpy(), ds.target_name,
+                          f"{cfg.name}: predicted vs actual, {'validation' if split.val.numel() else 'training'} rows")
+    cfg_dict = resolved_config_dict(cfg)
+    import yaml
+
+    write_text(d / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False, allow_unicode=True, default_flow_style=None))
+    write_history(d / "history.csv", run.result.history)
+    write_json(d / "coefficients.json", run.coefficients)
+    save_checkpoint(
+        d / CHECKPOINT_NAME,
+        model,
+        config=cfg_dict,
+        data=data_record(cfg, ds, split),
+        extra={"metrics": {k: run.metrics[k] for k in ("train", "val", "test")}, "epochs": run.result.epochs,
+               # the fit's standard errors need the training rows: kept, so the checkpoint alone gives them
+               "uncertainty": {k: run.coefficients[k] for k in ("std_errors", "ci95", "residual_sd", "dof") if k in run.coefficients}},
+    )
+    plots.wait()  # the figures drawn by a helper process (plots.start_helper) are written
+    # metrics.json last: its presence says the run is complete.
+    write_json(d / "metrics.json", run.metrics)
+
+
+# The most points a figure scatters; larger data is drawn from a seeded sample of its rows.
+PLOT_POINTS = 5000
+
+
+def _plot_rows(rows: torch.Tensor, seed: int) -> torch.Tensor:
+    """At most PLOT_POINTS of ``rows`` (a seeded sample, in order), all of them when fewer."""
+    if rows.numel() <= PLOT_POINTS:
+        return rows
+    pick = torch.randperm(rows.numel(), generator=generator(seed, STREAM_PLOT))[:PLOT_POINTS].sort().values
+    return rows[pick]
+
+
+def _short(s: str, n: int = 70) -> str:
+    return s if len(s) <= n else s[: n - 3] + "..."

@@ -17,7 +17,10 @@ if TYPE_CHECKING:  # pragma: no cover
 _CONST, _AFFINE, _NONLINEAR = 0, 1, 2
 
 
-FUNCTIONS = ("sin", "cos", "tan", "exp", "log", "sqrt", "abs", "tanh")
+FUNCTIONS = ("sin", "cos", "tan", "exp", "log", "sqrt", "abs", "tanh",
+             "asin", "acos", "atan", "arcsin", "arccos", "arctan", "sinh", "cosh", "log10", "log2", "erf")
+# The torch function each name evaluates to, where the names differ (numpy's spellings of the inverses).
+_TORCH_NAMES = {"arcsin": "asin", "arccos": "acos", "arctan": "atan"}
 CONSTANTS = {"pi": math.pi, "e": math.e}
 MAX_LENGTH = 10_000  # characters of one expression or equation
 MAX_DEPTH = 200  # nesting levels of the tree (keeps every recursion far from Python's limit)
@@ -172,7 +175,7 @@ def _torch_ops() -> tuple[dict[str, Callable], dict[str, Callable]]:
         "/": operator.truediv,
         "**": operator.pow,
     }
-    funcs = {name: getattr(torch, name) for name in FUNCTIONS}
+    funcs = {name: getattr(torch, _TORCH_NAMES.get(name, name)) for name in FUNCTIONS}
     return binary, funcs
 
 

@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "gradfit"
 
 # Bottom to top. A module may import from its own room and from rooms listed before it.
 LAYERS = [
-    {"errors", "kernel", "threads", "_fused"},
+    {"errors", "kernel", "threads", "files", "_fused"},
     {"parallel"},
     {"expr"},
     {"config"},

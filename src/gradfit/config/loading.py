@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from gradfit.config.schema import Config
 from gradfit.errors import ConfigError
+from gradfit.files import read_text_input
 
 # ---------------------------------------------------------------- loading and errors
 
@@ -317,10 +318,7 @@ def load_config(path: str | Path, overrides=()) -> Config:
         raise ConfigError(f"config file not found: {p}", hint="check the path, or run 'gradfit init' to write one")
     if p.is_dir():
         raise ConfigError(f"{p} is a directory, not a config file")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{p}: not a text file (it is not valid UTF-8)") from None
+    text = read_text_input(p, "config file", ConfigError)  # a FIFO or a device is refused, not read
     raw = yaml_load(text, str(p))
     if isinstance(raw, dict):
         raw = apply_overrides(raw, overrides)
@@ -335,6 +333,7 @@ def config_from_dict(raw: dict, overrides=(), base_dir: Path | str = ".") -> Con
     return validate_config(raw, "config", base_dir)
 
 
-def dump_yaml(cfg: Config) -> str:
-    """The resolved config as YAML, keys in schema order."""
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True, default_flow_style=None)
+def dump_yaml(cfg: Config | dict) -> str:
+    """The resolved config (or its dict, as written to a run directory) as YAML, keys in schema order."""
+    d = cfg if isinstance(cfg, dict) else cfg.to_dict()
+    return yaml.safe_dump(d, sort_keys=False, allow_unicode=True, default_flow_style=None)

@@ -1,0 +1,78 @@
+"""Reading a user's input files safely: regular files only, a size limit, OS errors in words.
+
+A FIFO would block a read forever and a device (``/dev/zero``) never ends, so an input
+is checked with ``os.stat`` after resolving symlinks, before anything is read.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+from gradfit.errors import GradfitError
+
+# Inputs read whole into memory as text (configs, equation files) are small.
+TEXT_INPUT_MAX_BYTES = 16 << 20
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def os_cause(exc: OSError) -> str:
+    """What an OSError means, in words (permission, read-only, no space, too large...)."""
+    words = {
+        errno.EACCES: "permission denied",
+        errno.EPERM: "operation not permitted",
+        errno.EROFS: "the file system is read-only",
+        errno.ENOSPC: "no space left on the device",
+        errno.EFBIG: "the file is too large (a file-size limit)",
+        errno.ENOENT: "no such file or directory",
+        errno.ENOTDIR: "a part of the path is not a directory",
+        errno.EISDIR: "it is a directory",
+        errno.EDQUOT: "the disk quota is exceeded",
+        errno.ENAMETOOLONG: "the name is too long",
+    }
+    return words.get(exc.errno, exc.strerror or type(exc).__name__)
+
+
+def check_regular_file(path: str | Path, what: str, error: type[GradfitError] = GradfitError,
+                       max_bytes: int | None = None) -> Path:
+    """``path`` if it names a regular file (after symlinks) no larger than ``max_bytes``; else ``error``."""
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise error(f"{what} not found: {p}", hint="check the path") from None
+    except OSError as exc:
+        raise error(f"cannot read {what} {p}: {os_cause(exc)}", hint="check the path and its permissions") from None
+    for test, kind in _KINDS:
+        if test(st.st_mode):
+            raise error(f"{what} {p} is {kind}, not a regular file", hint="give the path of a file")
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise error(f"{what} {p} is {st.st_size:,} bytes; at most {max_bytes:,} are read",
+                    hint="is this the right file?")
+    return p
+
+
+def read_text_input(path: str | Path, what: str, error: type[GradfitError] = GradfitError,
+                    max_bytes: int = TEXT_INPUT_MAX_BYTES) -> str:
+    """The UTF-8 text of a small input file (a config, an equation file), checked first."""
+    p = check_regular_file(path, what, error, max_bytes)
+    try:
+        with open(p, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as exc:
+        raise error(f"cannot read {what} {p}: {os_cause(exc)}", hint="check the path and its permissions") from None
+    if len(data) > max_bytes:  # grew since the check
+        raise error(f"{what} {p} is larger than {max_bytes:,} bytes", hint="is this the right file?")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise error(f"{p}: not a text file (it is not valid UTF-8)") from None

@@ -1,9 +1,9 @@
 """Levenberg-Marquardt for nonlinear least squares, its Jacobian from autograd.
 
 Minimizes 0.5 * ||r(theta)||^2 with r = head(Z) - y. Each iteration (one training
-"epoch") computes the Jacobian J = dr/dtheta with forward-mode autograd
-(``jacobian`` below: one pass per parameter, memory n x p; reverse mode would
-need one pass per row), then tries damped Gauss-Newton steps
+"epoch") computes the Jacobian J = dr/dtheta by reverse mode applied twice
+(``jacobian`` below: one backward pass per parameter, memory n x p, instead of one
+per row), then tries damped Gauss-Newton steps
 
     minimize ||J delta + r||^2 + mu * ||D delta||^2
 

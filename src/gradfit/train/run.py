@@ -13,6 +13,7 @@ from typing import Callable, Optional
 
 import torch
 
+from gradfit.config.loading import dump_yaml
 from gradfit.config.schema import Config
 from gradfit.data.split import STREAM_BATCH, STREAM_INIT, STREAM_PLOT, Dataset, Split, generator, split_rows
 from gradfit.data.tables import load_dataset
@@ -280,7 +281,7 @@ def save_partial_run(prep: Prepared, run_dir: Path, history: list[EpochRecord], 
 
     cfg, ds, split, model = prep.cfg, prep.ds, prep.split, prep.model
     cfg_dict = resolved_config_dict(cfg)
-    write_text(run_dir / "config.yaml", dump_yaml_dict(cfg_dict))
+    write_text(run_dir / "config.yaml", dump_yaml(cfg_dict))
     write_history(run_dir / "history.csv", history)
     save_checkpoint(
         run_dir / CHECKPOINT_NAME,
@@ -292,12 +293,6 @@ def save_partial_run(prep: Prepared, run_dir: Path, history: list[EpochRecord], 
     rs.save_state(run_dir / rs.RESUME_NAME, state)
     # metrics.json says a run is complete; this one is in progress (again, when resumed).
     (run_dir / "metrics.json").unlink(missing_ok=True)
-
-
-def dump_yaml_dict(d: dict) -> str:
-    import yaml
-
-    return yaml.safe_dump(d, sort_keys=False, allow_unicode=True, default_flow_style=None)
 
 
 def finish(prep: Prepared, result: TrainResult, run_dir: Optional[Path]) -> RunResult:
@@ -370,9 +365,7 @@ def write_run(run: RunResult, prep: Prepared) -> None:
         plots.parity_plot(d / "fit.png", ds.y[idx].numpy(), predict_rows(model, ds.X, idx).numpy(), ds.target_name,
                           f"{cfg.name}: predicted vs actual, {'validation' if split.val.numel() else 'training'} rows")
     cfg_dict = resolved_config_dict(cfg)
-    import yaml
-
-    write_text(d / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False, allow_unicode=True, default_flow_style=None))
+    write_text(d / "config.yaml", dump_yaml(cfg_dict))
     write_history(d / "history.csv", run.result.history)
     write_json(d / "coefficients.json", run.coefficients)
     save_checkpoint(

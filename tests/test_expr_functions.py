@@ -57,3 +57,35 @@ def test_a_formula_with_arctan_fits_like_roszman1(tmp_path):
     got = run.coefficients["parameters"]
     for name, want in zip(("b1", "b2", "b3", "b4"), b):
         assert got[name] == pytest.approx(want, rel=1e-6)
+
+
+@pytest.mark.parametrize("n", [3, 250, 3000, 10_000])
+def test_long_flat_sums_parse_and_evaluate(n):
+    """A flat sum is as long as it likes (only nesting is limited), and sums left to right."""
+    terms = [f"{i % 7 + 1}*x{i}" if i % 2 else f"{i}e-3*x{i}" for i in range(n)]
+    text = terms[0] + "".join((" - " if i % 3 == 0 else " + ") + t for i, t in enumerate(terms[1:], 1))
+    expr = parse_expression(text)
+    values = {f"x{i}": 0.5 + (i % 5) / 10 for i in range(n)}
+    want = 0.0
+    for i in range(n):
+        coef = (i % 7 + 1) if i % 2 else i * 1e-3
+        want = want + coef * values[f"x{i}"] if i == 0 or i % 3 else want - coef * values[f"x{i}"]
+    got = float(expr.to_torch({k: torch.tensor(v, dtype=torch.float64) for k, v in values.items()}))
+    assert got == pytest.approx(want, rel=1e-12)
+    assert len(expr.names) == n
+    again = parse_expression(str(expr)).to_torch({k: torch.tensor(v, dtype=torch.float64) for k, v in values.items()})
+    assert float(again) == pytest.approx(got, rel=1e-12)  # prints to what re-parses
+
+
+def test_signs_in_long_sums_keep_exponents_and_unary_minus():
+    text = " + ".join(["2.5e-3*x", "-y", "x**-2", "(a - b)", "1E+2"] * 30)
+    expr = parse_expression(text)
+    env = {k: torch.tensor(v, dtype=torch.float64) for k, v in {"x": 2.0, "y": 3.0, "a": 5.0, "b": 1.0}.items()}
+    assert float(expr.to_torch(env)) == pytest.approx(30 * (2.5e-3 * 2 - 3 + 0.25 + 4 + 100), rel=1e-12)
+
+
+def test_deep_nesting_is_still_refused():
+    from gradfit.errors import EquationError
+
+    with pytest.raises(EquationError, match="nested"):
+        parse_expression("(" * 300 + "x" + ")" * 300)

@@ -22,7 +22,7 @@ FUNCTIONS = ("sin", "cos", "tan", "exp", "log", "sqrt", "abs", "tanh",
 # The torch function each name evaluates to, where the names differ (numpy's spellings of the inverses).
 _TORCH_NAMES = {"arcsin": "asin", "arccos": "acos", "arctan": "atan"}
 CONSTANTS = {"pi": math.pi, "e": math.e}
-MAX_LENGTH = 10_000  # characters of one expression or equation
+MAX_LENGTH = 1_000_000  # characters of one expression or equation (long flat sums are fine; depth is limited)
 MAX_DEPTH = 200  # nesting levels of the tree (keeps every recursion far from Python's limit)
 
 _SHOWN = 72  # characters of the source quoted in an error message
@@ -109,7 +109,16 @@ class _Call:
     arg: _Node
 
 
-_Node = Union[_Num, _Name, _Const, _Unary, _Binary, _Call]
+@dataclass(frozen=True)
+class _Sum:
+    """A chain ``first op term op term ...`` of + and -, evaluated left to right exactly as nested
+    binary nodes would be, but flat: a sum of thousands of terms is not thousands of levels deep."""
+
+    first: _Node
+    rest: tuple[tuple[str, _Node], ...]  # ("+" or "-", term)
+
+
+_Node = Union[_Num, _Name, _Const, _Unary, _Binary, _Call, _Sum]
 
 # Precedences for printing with the fewest parentheses that re-parse to the same tree.
 _PREC = {"+": 1, "-": 1, "*": 2, "/": 2, "unary": 3, "**": 4, "atom": 5}
@@ -118,6 +127,8 @@ _PREC = {"+": 1, "-": 1, "*": 2, "/": 2, "unary": 3, "**": 4, "atom": 5}
 def _prec(node: _Node) -> int:
     if isinstance(node, _Binary):
         return _PREC[node.op]
+    if isinstance(node, _Sum):
+        return _PREC["+"]
     if isinstance(node, _Unary):
         return _PREC["unary"]
     return _PREC["atom"]
@@ -144,6 +155,9 @@ def _to_text(node: _Node) -> str:
         if _prec(node.operand) <= _PREC["unary"]:
             inner = f"({inner})"
         return f"{node.op}{inner}"
+    if isinstance(node, _Sum):  # as the nested binary nodes print: right operands of +/- in parentheses
+        terms = (f"({t})" if _prec(n) <= _PREC["+"] else t for n, t in ((n, _to_text(n)) for _, n in node.rest))
+        return " ".join([_to_text(node.first), *(f"{op} {t}" for (op, _), t in zip(node.rest, terms))])
     p = _PREC[node.op]
     left, right = _to_text(node.left), _to_text(node.right)
     if node.op == "**":  # right-associative, binds tighter than unary minus on its left
@@ -212,9 +226,17 @@ def _evaluate(node: _Node, env: Mapping[str, object], binary, funcs):
         value = _evaluate(node.arg, env, binary, funcs)
         fn = funcs[node.func]
         return fn(value) if _is_tensor(value) else _on_scalars(fn, value)
+    if isinstance(node, _Sum):
+        acc = _evaluate(node.first, env, binary, funcs)
+        for op, term in node.rest:
+            acc = _combine(binary[op], acc, _evaluate(term, env, binary, funcs))
+        return acc
     left = _evaluate(node.left, env, binary, funcs)
     right = _evaluate(node.right, env, binary, funcs)
-    fn = binary[node.op]
+    return _combine(binary[node.op], left, right)
+
+
+def _combine(fn, left, right):
     if _is_tensor(left) or _is_tensor(right):
         return fn(left, right)
     return _on_scalars(fn, left, right)
@@ -230,6 +252,16 @@ def _constant_value(node: _Node) -> float | None:
         if isinstance(node, _Unary):
             value = _constant_value(node.operand)
             return None if value is None else (-value if node.op == "-" else value)
+        if isinstance(node, _Sum):
+            acc = _constant_value(node.first)
+            for op, term in node.rest:
+                b = _constant_value(term)
+                if acc is None or b is None:
+                    return None
+                acc = acc + b if op == "+" else acc - b
+                if not math.isfinite(acc):
+                    return None
+            return acc
         if isinstance(node, _Binary):
             a, b = _constant_value(node.left), _constant_value(node.right)
             if a is None or b is None:
@@ -256,6 +288,8 @@ def _classify(node: _Node, unknowns: frozenset[str]) -> int:
         return _classify(node.operand, unknowns)
     if isinstance(node, _Call):
         return _CONST if _classify(node.arg, unknowns) == _CONST else _NONLINEAR
+    if isinstance(node, _Sum):
+        return max(_classify(n, unknowns) for n in (node.first, *(t for _, t in node.rest)))
     left, right = _classify(node.left, unknowns), _classify(node.right, unknowns)
     if node.op in "+-":
         return max(left, right)
@@ -300,6 +334,8 @@ class Expr:
                 stack.append(node.arg)
             elif isinstance(node, _Binary):
                 stack.extend((node.right, node.left))
+            elif isinstance(node, _Sum):
+                stack.extend(reversed((node.first, *(t for _, t in node.rest))))
         return tuple(found)
 
     @property

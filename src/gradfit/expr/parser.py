@@ -23,7 +23,7 @@ import ast
 import math
 
 from gradfit.errors import EquationError
-from gradfit.expr.nodes import _IDENTIFIER, CONSTANTS, FUNCTIONS, MAX_DEPTH, MAX_LENGTH, Equation, Expr, ExprError, _Binary, _Call, _Const, _Name, _Node, _Num, _Unary
+from gradfit.expr.nodes import _IDENTIFIER, CONSTANTS, FUNCTIONS, MAX_DEPTH, MAX_LENGTH, Equation, Expr, ExprError, _Binary, _Call, _Const, _Name, _Node, _Num, _Sum, _Unary
 
 __all__ = [
     "FUNCTIONS",
@@ -42,6 +42,9 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- parsing
+
+# Sums with more terms than this are split at their top-level signs before Python parses them.
+LONG_SUM_TERMS = 100
 
 _REFUSED = {
     ast.Attribute: "attribute access is not allowed",
@@ -164,7 +167,9 @@ class _Converter:
             )
         return _Name(ident)
 
-    def binary(self, node: ast.BinOp, depth: int) -> _Binary:
+    def binary(self, node: ast.BinOp, depth: int) -> _Binary | _Sum:
+        if isinstance(node.op, (ast.Add, ast.Sub)) and isinstance(node.left, ast.BinOp) and isinstance(node.left.op, (ast.Add, ast.Sub)):
+            return self.sum(node, depth)
         op = _BINARY_OPS.get(type(node.op))
         if op is None:
             symbol, hint = _OTHER_OPS.get(type(node.op), ("?", None))
@@ -179,6 +184,15 @@ class _Converter:
                 f"the operator '{symbol}' is not allowed", gap_start + at, len(symbol), hint
             )
         return _Binary(op, self.convert(node.left, depth + 1), self.convert(node.right, depth + 1))
+
+    def sum(self, node: ast.BinOp, depth: int) -> _Sum:
+        """a + b - c + ...: one flat node, its terms one level down (a long sum is not deep)."""
+        chain = []
+        while isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub)):
+            chain.append(node)
+            node = node.left
+        first = self.convert(node, depth + 1)
+        return _Sum(first, tuple((_BINARY_OPS[type(b.op)], self.convert(b.right, depth + 1)) for b in reversed(chain)))
 
     def call(self, node: ast.Call, depth: int) -> _Call:
         func = node.func
@@ -227,6 +241,58 @@ def _parse_part(source: str, start: int, end: int, what: str) -> Expr:
         column = start + 1 if start < len(source) else len(source)
         raise ExprError(f"the {what} is empty", source, max(column, 1))
     offset = start + (len(part) - len(part.lstrip()))
+    terms = _top_level_terms(stripped)
+    if len(terms) > LONG_SUM_TERMS:
+        return _parse_long_sum(source, offset, stripped, terms, what)
+    return Expr(stripped, _parse_node(source, offset, stripped, what))
+
+
+def _parse_long_sum(source: str, offset: int, stripped: str, terms: list[tuple[str, int, int]], what: str) -> Expr:
+    """A sum of very many terms, each parsed on its own (Python's parser recurses on long chains)."""
+    nodes = []
+    for op, lo, hi in terms:
+        text = stripped[lo:hi]
+        lead = len(text) - len(text.lstrip())
+        if not text.strip():
+            raise ExprError(f"a term of the {what} is empty", source, offset + lo + 1)
+        nodes.append((op, _parse_node(source, offset + lo + lead, text.strip(), what)))
+    return Expr(stripped, _Sum(nodes[0][1], tuple(nodes[1:])))
+
+
+def _top_level_terms(text: str) -> list[tuple[str, int, int]]:
+    """(sign, start, end) of the terms of ``text`` split at its binary + and - outside brackets."""
+    terms, depth, start, op = [], 0, 0, "+"
+    for i, char in enumerate(text):
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth = max(0, depth - 1)
+        elif char in "+-" and depth == 0 and _binary_sign(text, i):
+            terms.append((op, start, i))
+            op, start = char, i + 1
+    terms.append((op, start, len(text)))
+    return terms
+
+
+def _binary_sign(text: str, i: int) -> bool:
+    """Whether the + or - at ``i`` joins two operands (not a unary sign, not a number's exponent)."""
+    j = i - 1
+    while j >= 0 and text[j] in " \t":
+        j -= 1
+    if j < 0 or not (text[j].isalnum() or text[j] in "_).]}"):
+        return False
+    if text[j] in "eE" and j == i - 1:  # 1e-5, 2.5E+3: the sign of an exponent
+        k = j - 1
+        while k >= 0 and (text[k].isdigit() or text[k] == "."):
+            k -= 1
+        literal = text[k + 1 : j]
+        if literal and any(c.isdigit() for c in literal) and (k < 0 or not (text[k].isalnum() or text[k] == "_")):
+            return False
+    return True
+
+
+def _parse_node(source: str, offset: int, stripped: str, what: str) -> _Node:
+    """The tree of ``stripped`` (which starts at ``offset`` of ``source``)."""
     try:
         tree = ast.parse(stripped, mode="eval")
     except SyntaxError as err:
@@ -244,10 +310,9 @@ def _parse_part(source: str, start: int, end: int, what: str) -> Expr:
         raise ExprError(f"cannot parse the {what}: {err}", source) from None
     converter = _Converter(source, offset, stripped)
     try:
-        node = converter.convert(tree.body)
+        return converter.convert(tree.body)
     except RecursionError:  # pragma: no cover - MAX_DEPTH keeps us below the limit
         raise ExprError(f"the {what} is nested too deeply", source) from None
-    return Expr(stripped, node)
 
 
 def parse_expression(text: str) -> Expr:

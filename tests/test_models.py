@@ -85,3 +85,75 @@ def test_autograd_gradient_matches_finite_differences():
             with torch.no_grad():
                 fd.append(float(loss_fn(Z @ (w + e), yz) - loss_fn(Z @ (w - e), yz)) / (2 * h))
         assert np.allclose(w.grad.numpy(), fd, rtol=1e-5, atol=1e-7), kind
+
+
+# ---------------------------------------------------------------- the model interface (models/base.py)
+
+KINDS = {
+    "linear": {"kind": "linear"},
+    "polynomial": {"kind": "polynomial", "degree": 2},
+    "mlp": {"kind": "mlp", "hidden": [4]},
+    "formula": {"kind": "formula", "formula": "y = a * u + b * v ** 2"},
+}
+
+
+def _model(kind):
+    rng = np.random.default_rng(5)
+    X = torch.tensor(rng.uniform(1, 2, size=(30, 2)))
+    y = torch.tensor(rng.normal(size=30))
+    cfg = config_from_dict(small_config(dtype="float64", data={"path": "x.csv"}, model=KINDS[kind]))
+    return build_model(cfg, ["u", "v"], "y", X, y, torch.device("cpu")), X
+
+
+@pytest.mark.parametrize("kind,capabilities", [
+    ("linear", (True, True, True, True)),
+    ("polynomial", (True, True, True, True)),
+    ("mlp", (False, False, False, True)),
+    ("formula", (False, True, False, False)),
+])
+def test_every_kind_declares_its_capabilities(kind, capabilities):
+    from gradfit.models.base import Model
+
+    model, _ = _model(kind)
+    assert isinstance(model, Model)
+    got = (model.linear_in_parameters, model.has_standard_errors, model.one_pass_gradient, model.standardizes)
+    assert got == capabilities
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_design_takes_the_same_arguments_for_every_kind(kind):
+    """rows: the design of X[rows]; column_major: stored column by column, the same numbers."""
+    from gradfit.data.batches import column_major
+
+    model, X = _model(kind)
+    rows = torch.tensor([3, 0, 7, 7, 12])
+    Z = model.design(X[rows])
+    assert torch.equal(model.design(X, rows=rows), Z)
+    Zc = model.design(X, rows=rows, column_major=True)
+    assert column_major(Zc) and torch.equal(Zc, Z)
+    assert model.design(X, device=torch.device("cpu")).shape[0] == X.shape[0]
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_parameter_names_and_rebuilding_from_the_spec(kind):
+    from gradfit.models.build import model_from_spec
+
+    model, X = _model(kind)
+    names = model.parameter_names()
+    assert names and all(isinstance(n, str) for n in names)
+    if kind == "formula":
+        assert names == ["a", "b"]
+    elif kind == "linear":
+        assert names == ["intercept", "u", "v"]
+    again = model_from_spec(model.spec)
+    assert type(again) is type(model)
+    again.load_state_dict(model.state_dict())
+    assert torch.equal(again.predict(X), model.predict(X))
+
+
+def test_an_unknown_kind_is_refused_by_the_spec_table():
+    from gradfit.errors import CheckpointError
+    from gradfit.models.build import model_from_spec
+
+    with pytest.raises(CheckpointError, match="no model kind 'spline'"):
+        model_from_spec({"kind": "spline"})

@@ -1,17 +1,30 @@
-"""Which model class a config or a checkpoint's spec asks for: decided here, once."""
+"""Which model class a config or a checkpoint's spec asks for: decided here, once, from one table."""
 
 from __future__ import annotations
 
-from gradfit.models.regression import RegressionModel, fit_scaling, model_spec
+from gradfit.errors import CheckpointError
+from gradfit.models.base import Model
+from gradfit.models.formula import FormulaModel
+from gradfit.models.regression import RegressionModel
+
+# The one place that maps a model kind (config ``model.kind``, checkpoint ``spec["kind"]``) to its class.
+MODEL_KINDS: dict[str, type[Model]] = {
+    "linear": RegressionModel,
+    "polynomial": RegressionModel,
+    "mlp": RegressionModel,
+    "formula": FormulaModel,  # raw units, no scaling (models/formula.py)
+}
 
 
-def build_model(cfg, feature_names, target, X_train, y_train, device, generator=None, summarize=None) -> RegressionModel:
+def build_model(cfg, feature_names, target, X_train, y_train, device, generator=None, summarize=None) -> Model:
     """A model for this config, its scaling fitted on the training rows, on ``device``."""
-    if cfg.model.kind == "formula":  # raw units, no scaling (gradfit.formula)
-        from gradfit.models.formula import build_formula_model
+    cls = MODEL_KINDS[cfg.model.kind]
+    return cls.from_config(cfg, feature_names, target, X_train, y_train, device, generator, summarize)
 
-        return build_formula_model(cfg, feature_names, target, X_train, y_train, device)
-    model = RegressionModel(model_spec(cfg, feature_names, target), generator=generator)
-    fit_scaling(model, X_train, y_train, summarize)
-    model.head.to(device)
-    return model
+
+def model_from_spec(spec: dict) -> Model:
+    """The model a checkpoint's spec describes (its architecture; the weights load after)."""
+    cls = MODEL_KINDS.get(spec.get("kind"))
+    if cls is None:
+        raise CheckpointError(f"no model kind {spec.get('kind')!r} (known: {', '.join(sorted(MODEL_KINDS))})")
+    return cls.from_spec(spec)

@@ -6,9 +6,9 @@ inputs, every other name is a parameter (starting at ``start``'s value, or 1.0).
 The text goes through gradfit's safe parser (``gradfit.expr``, the grammar of
 ``solve-equations``): nothing the user wrote is ever evaluated by Python.
 
-A ``FormulaModel`` keeps the interface of ``models.RegressionModel`` (``spec``,
-``head``, ``design``, ``scaled_target``, ``unscale``, ``predict``, ``coefficients``)
-so that training, checkpoints, eval and predict work unchanged. Unlike the other
+A ``FormulaModel`` implements the model interface (``models.base.Model``: ``spec``,
+``head``, ``design``, ``scaled_target``, ``unscale``, ``predict``, ``coefficients``,
+the capabilities) so that training, checkpoints, eval and predict work unchanged. Unlike the other
 models it never standardizes: the formula is written in raw units, so its
 design is the raw input columns and its target is the raw target (``y_shift`` 0,
 ``y_scale`` 1). Its parameters are one vector ``head.theta``, in the run's dtype,
@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from gradfit.data.batches import empty_design
 from gradfit.errors import (
     CheckpointError,
     DataError,
@@ -27,6 +28,8 @@ from gradfit.errors import (
     TrainingError,
 )
 from gradfit.expr.formula import parse_formula
+from gradfit.models.base import Model
+from gradfit.models.heads import DTYPES
 
 DEFAULT_START = 1.0
 
@@ -55,18 +58,44 @@ class FormulaHead(nn.Module):
         return self.evaluate(Z, self.theta)
 
 
-class FormulaModel(nn.Module):
-    """Raw inputs in, the formula's value out (the same interface as ``RegressionModel``)."""
+class FormulaModel(Model):
+    """Raw inputs in, the formula's value out (``models.base.Model``)."""
 
     def __init__(self, spec: dict, generator: torch.Generator | None = None):
         super().__init__()
-        from gradfit.models.heads import DTYPES
-
         self.spec = dict(spec)
         self.head = FormulaHead(spec["formula"], spec["features"], spec["parameters"], DTYPES[spec["dtype"]])
         # No target scaling: the formula is in raw units (kept as buffers for the common interface).
         self.register_buffer("y_shift", torch.zeros((), dtype=torch.float64))
         self.register_buffer("y_scale", torch.ones((), dtype=torch.float64))
+
+    @classmethod
+    @torch.no_grad()
+    def from_config(cls, cfg, feature_names, target, X_train, y_train, device, generator=None,
+                    summarize=None) -> "FormulaModel":
+        """At its start point, on ``device``; refuses a start where the formula is not finite.
+
+        (``y_train``, ``generator`` and ``summarize`` are not used: nothing is scaled or drawn.)
+        """
+        model = cls(formula_spec(cfg, feature_names, target))
+        start = [cfg.model.start.get(n, DEFAULT_START) for n in model.parameter_names()]
+        model.head.theta.copy_(torch.tensor(start, dtype=torch.float64))
+        model.head.to(device)
+        check_finite_start(model, X_train)
+        return model
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "FormulaModel":
+        """Rebuild from a checkpoint's spec: the formula is parsed again (safely) and its names checked."""
+        try:
+            parsed = parse_formula(spec["formula"])
+            names = set(spec["features"]) | set(spec["parameters"])
+            ok = set(parsed.names) <= names and parsed.target == spec["target"]
+        except (EquationError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"the checkpoint's formula cannot be rebuilt: {exc}") from None
+        if not ok:
+            raise CheckpointError("the checkpoint's formula does not match its recorded inputs and parameters")
+        return cls(spec)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -76,14 +105,24 @@ class FormulaModel(nn.Module):
     def device(self) -> torch.device:
         return self.head.theta.device
 
-    @property
     def parameter_names(self) -> list[str]:
         return list(self.spec["parameters"])
 
-    def design(self, X: torch.Tensor, device=None) -> torch.Tensor:
-        """Raw (n, d) -> the same columns in the head's dtype, on ``device`` (no scaling)."""
+    def design(self, X: torch.Tensor, device=None, rows: torch.Tensor | None = None,
+               column_major: bool = False) -> torch.Tensor:
+        """Raw (n, d) -> the same columns in the head's dtype, on ``device`` (no scaling).
+
+        ``rows``: those of ``X[rows]``; ``column_major``: stored column by column (the same numbers).
+        """
         X = torch.as_tensor(X)
-        return X.to(device=device or self.device, dtype=self.dtype)
+        if rows is not None:
+            X = X[rows]
+        device = device or self.device
+        if not column_major:
+            return X.to(device=device, dtype=self.dtype)
+        out = empty_design(X.shape[0], X.shape[1], self.dtype, device, column_major=True)
+        out.copy_(X)
+        return out
 
     def scaled_target(self, y: torch.Tensor, device=None) -> torch.Tensor:
         return y.to(device=device or self.device, dtype=self.dtype)
@@ -104,8 +143,23 @@ class FormulaModel(nn.Module):
             return torch.zeros(0, dtype=torch.float64)
         return torch.cat([self.unscale(self.head(self.design(X[i : i + batch_rows]))) for i in range(0, X.shape[0], batch_rows)])
 
-    def forward(self, X: torch.Tensor) -> torch.Tensor:
-        return self.unscale(self.head(self.design(X)))
+    # ------------------------------------------------------------ capabilities
+
+    @property
+    def linear_in_parameters(self) -> bool:
+        return False
+
+    @property
+    def has_standard_errors(self) -> bool:
+        return True
+
+    @property
+    def one_pass_gradient(self) -> bool:
+        return False
+
+    @property
+    def standardizes(self) -> bool:
+        return False
 
     def parameters_dict(self) -> dict[str, float]:
         values = self.head.theta.detach().to("cpu", torch.float64).tolist()
@@ -138,30 +192,6 @@ def formula_spec(cfg, feature_names: list[str], target: str) -> dict:
     }
 
 
-def model_from_spec(spec: dict) -> FormulaModel:
-    """Rebuild from a checkpoint's spec: the formula is parsed again (safely) and its names checked."""
-    try:
-        parsed = parse_formula(spec["formula"])
-        names = set(spec["features"]) | set(spec["parameters"])
-        ok = set(parsed.names) <= names and parsed.target == spec["target"]
-    except (EquationError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"the checkpoint's formula cannot be rebuilt: {exc}") from None
-    if not ok:
-        raise CheckpointError("the checkpoint's formula does not match its recorded inputs and parameters")
-    return FormulaModel(spec)
-
-
-@torch.no_grad()
-def build_formula_model(cfg, feature_names, target, X_train, y_train, device) -> FormulaModel:
-    """A formula model at its start point, on ``device``; refuses a start where the formula is not finite."""
-    model = FormulaModel(formula_spec(cfg, feature_names, target))
-    start = [cfg.model.start.get(n, DEFAULT_START) for n in model.parameter_names]
-    model.head.theta.copy_(torch.tensor(start, dtype=torch.float64))
-    model.head.to(device)
-    check_finite_start(model, X_train)
-    return model
-
-
 def describe_point(names, values) -> str:
     return ", ".join(f"{n}={v:.6g}" for n, v in zip(names, values))
 
@@ -180,7 +210,7 @@ def check_finite_start(model: FormulaModel, X: torch.Tensor) -> None:
         at = ", ".join(f"{n}={float(X[row, c]):.6g}" for n, c in zip(inputs, cols))
         theta = model.head.theta.detach().cpu().tolist()
         raise TrainingError(
-            f"the formula is not finite at the start point ({describe_point(model.parameter_names, theta)}): "
+            f"the formula is not finite at the start point ({describe_point(model.parameter_names(), theta)}): "
             f"{float(pred[row])} on {int(bad.sum())} of {X.shape[0]} training rows, e.g. where {at}",
             hint="give model.start values where the formula is finite on every row (unset parameters start at "
             f"{DEFAULT_START:g})",

@@ -17,7 +17,9 @@ from typing import Optional
 import torch
 from torch import nn
 
+from gradfit.data.sources import MemoryRows
 from gradfit.errors import DataError
+from gradfit.models.base import Model
 from gradfit.models.features import FeatureMap, polynomial_terms, term_name
 from gradfit.models.heads import DTYPES, LinearHead, MLPHead
 
@@ -26,7 +28,7 @@ from gradfit.models.heads import DTYPES, LinearHead, MLPHead
 DESIGN_CHUNK_ROWS = 1 << 13
 
 
-class RegressionModel(nn.Module):
+class RegressionModel(Model):
     """Raw inputs in, predictions in original units out.
 
     ``spec`` holds everything needed to rebuild the module (kind, names, terms, sizes);
@@ -47,6 +49,20 @@ class RegressionModel(nn.Module):
             self.head = LinearHead(m, spec["intercept"], dtype)
         self.register_buffer("y_shift", torch.zeros((), dtype=torch.float64))
         self.register_buffer("y_scale", torch.ones((), dtype=torch.float64))
+
+    @classmethod
+    def from_config(cls, cfg, feature_names, target, X_train, y_train, device, generator=None,
+                    summarize=None) -> "RegressionModel":
+        """A model for this config, its scaling fitted on the training rows (see ``fit_scaling``), on ``device``."""
+        model = cls(model_spec(cfg, feature_names, target), generator=generator)
+        fit_scaling(model, X_train, y_train, summarize)
+        model.head.to(device)
+        return model
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "RegressionModel":
+        """The architecture a checkpoint's spec describes, before its weights load."""
+        return cls(spec)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -101,8 +117,23 @@ class RegressionModel(nn.Module):
         self.train(was)
         return out
 
-    def forward(self, X: torch.Tensor) -> torch.Tensor:
-        return self.unscale(self.head(self.design(X)))
+    # ------------------------------------------------------------ capabilities
+
+    @property
+    def linear_in_parameters(self) -> bool:
+        return isinstance(self.head, LinearHead)
+
+    @property
+    def has_standard_errors(self) -> bool:
+        return isinstance(self.head, LinearHead)
+
+    @property
+    def one_pass_gradient(self) -> bool:
+        return isinstance(self.head, LinearHead)
+
+    @property
+    def standardizes(self) -> bool:
+        return bool(self.spec["standardize"])
 
     # ------------------------------------------------------------ readable form
 
@@ -128,7 +159,7 @@ class RegressionModel(nn.Module):
         """The learned model in readable form (coefficients.json)."""
         names = self.spec["features"]
         target = self.spec["target"]
-        if self.spec["kind"] == "mlp":
+        if not isinstance(self.head, LinearHead):  # an MLP
             layers = []
             for m in self.head.net:
                 if isinstance(m, nn.Linear):
@@ -152,6 +183,13 @@ class RegressionModel(nn.Module):
         out["coefficients"] = coefs
         out["equation"] = equation(target, out.get("intercept"), coefs)
         return out
+
+    def parameter_names(self) -> list[str]:
+        """A linear head's raw coefficients ('intercept' first), an MLP's parameter tensors."""
+        if not isinstance(self.head, LinearHead):
+            return [name for name, _ in self.head.named_parameters()]
+        c = self.coefficients()
+        return (["intercept"] if "intercept" in c else []) + list(c["coefficients"])
 
 
 def _num(v: float) -> str:
@@ -200,33 +238,12 @@ def model_spec(cfg, feature_names: list[str], target: str) -> dict:
     return spec
 
 
-class _RowStats:
-    """Column statistics of rows in hand, computed on demand: n, mean, std, min, max, rms."""
-
-    def __init__(self, A: torch.Tensor):
-        self.A = A
-
-    def __getitem__(self, key: str):
-        A = self.A
-        if key == "n":
-            return int(A.shape[0])
-        if key == "mean":
-            return A.mean(0)
-        if key == "std":
-            return A.std(0, unbiased=False)
-        if key == "min":
-            return A.amin(0)
-        if key == "max":
-            return A.amax(0)
-        return A.pow(2).mean(0).sqrt()  # rms
-
-
 @torch.no_grad()
 def fit_scaling(model: RegressionModel, X: torch.Tensor, y: torch.Tensor, summarize=None) -> None:
     """Set the feature map's and the target's statistics from the training rows (float64).
 
     ``summarize(fn) -> (stats of fn(X), stats of y)`` supplies statistics over rows not all in
-    hand (several processes, streamed data: see distributed.py); default: these rows.
+    hand (several processes, streamed data: data/sources.py); default: these rows.
     """
     spec = model.spec
     fm = model.features
@@ -234,9 +251,9 @@ def fit_scaling(model: RegressionModel, X: torch.Tensor, y: torch.Tensor, summar
     if not spec["standardize"]:
         return
     if summarize is None:
-        summarize = lambda fn: (_RowStats(fn(X)), _RowStats(y))  # noqa: E731
+        summarize = MemoryRows.training(X, y).summarizer()
     xs, ys = summarize(lambda A: A)
-    if spec["kind"] != "mlp" and not spec["intercept"]:
+    if model.linear_in_parameters and not spec["intercept"]:
         # No intercept: scale only, never shift (a shift would add a constant term).
         rms = xs["rms"]
         _check_spread(rms, names)
@@ -254,7 +271,7 @@ def fit_scaling(model: RegressionModel, X: torch.Tensor, y: torch.Tensor, summar
         _check_spread(sd, names)
         fm.shift.copy_(xs["mean"])
         fm.scale.copy_(sd)
-    if spec["kind"] != "mlp":
+    if model.linear_in_parameters:  # (an MLP's design has no column statistics)
         zs = summarize(fm.raw_terms)[0]
         fm.col_mean.copy_(zs["mean"])
         fm.col_scale.copy_(_nonzero(zs["std"]))

@@ -168,6 +168,7 @@ class Checkpoint:
 
 
 def _check_spec(p: Path, spec: Any, written_by: str) -> None:
+    from gradfit.models.build import MODEL_KINDS  # torch: loaded only when a checkpoint is read
     from gradfit.models.heads import DTYPES
 
     if not isinstance(spec, dict):
@@ -239,34 +240,14 @@ def _own_version() -> str:
 # ---------------------------------------------------------------- models
 
 
-def _regression_model(spec: dict):
-    from gradfit.models.regression import RegressionModel
-
-    return RegressionModel(spec)
-
-
-def _formula_model(spec: dict):
-    from gradfit.models.formula import model_from_spec
-
-    return model_from_spec(spec)
-
-
-# The one place that maps a spec's kind to the module that rebuilds it (before its weights load).
-MODEL_KINDS = {
-    "linear": _regression_model,
-    "polynomial": _regression_model,
-    "mlp": _regression_model,
-    "formula": _formula_model,
-}
-
-
 def model_from_checkpoint(ck: Checkpoint):
     """Rebuild the model a checkpoint holds, its weights loaded, on the CPU, in eval mode."""
-    build = MODEL_KINDS.get(ck.spec.get("kind"))
-    if build is None:
+    from gradfit.models.build import MODEL_KINDS, model_from_spec  # torch: loaded only when a model is rebuilt
+
+    if ck.spec.get("kind") not in MODEL_KINDS:
         _check_spec(ck.path, ck.spec, ck.gradfit_version)
     try:
-        model = build(ck.spec)
+        model = model_from_spec(ck.spec)
         model.load_state_dict(ck.tensors, strict=True)
     except (KeyError, RuntimeError, TypeError, ValueError, IndexError) as exc:
         raise CheckpointError(

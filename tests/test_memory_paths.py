@@ -18,7 +18,7 @@ from gradfit.data import batches
 from gradfit.models import passes as fastopt
 from gradfit.models import regression as models
 from gradfit.models.heads import LinearHead
-from gradfit.optim import first_order
+from gradfit.optim import first_order, steppers
 from gradfit.results import metrics as results_metrics
 from gradfit.results.exact import exact_least_squares
 from gradfit.results.uncertainty import uncertainty
@@ -168,9 +168,10 @@ def _gd_epochs(momentum, monkeypatch=None, window=None):
     head = LinearHead(3, True, torch.float64)
     opt = first_order.SGD(head.parameters(), lr=0.5, momentum=momentum)
     if window is not None:
-        monkeypatch.setattr(training, "MONOTONE_TOL_WINDOW", window)
-    res = training.fit(head, training.TrainData(X, y), F.mse_loss, opt, kind="sgd", epochs=2000, batch_size=None,
-                       tol=1e-10, loss_scale=1.0, lr=0.5, generator=torch.Generator().manual_seed(0))
+        monkeypatch.setattr(steppers, "MONOTONE_TOL_WINDOW", window)
+    settings = training.LoopSettings(kind="sgd", epochs=2000, batch_size=None, tol=1e-10, loss_scale=1.0, lr=0.5,
+                                     generator=torch.Generator().manual_seed(0))
+    res = training.fit(head, training.TrainRows(training.TrainData(X, y)), F.mse_loss, opt, settings)
     return res
 
 
@@ -182,10 +183,10 @@ def test_plain_gradient_descent_stops_after_three_calm_epochs(monkeypatch):
     losses = [r.train_loss for r in three.history]
     assert all(b <= a for a, b in zip(losses, losses[1:]))  # monotone: nothing to wait out
     # With momentum the loss can rise and fall: the first-order window (10) stays.
-    assert not training._monotone(LinearHead(3, True, torch.float64), F.mse_loss,
-                                  first_order.SGD(LinearHead(3, True, torch.float64).parameters(), lr=0.1, momentum=0.9))
-    assert not training._monotone(LinearHead(3, True, torch.float64), F.l1_loss,
-                                  first_order.SGD(LinearHead(3, True, torch.float64).parameters(), lr=0.1))
+    assert not steppers.monotone(LinearHead(3, True, torch.float64), F.mse_loss,
+                                 first_order.SGD(LinearHead(3, True, torch.float64).parameters(), lr=0.1, momentum=0.9))
+    assert not steppers.monotone(LinearHead(3, True, torch.float64), F.l1_loss,
+                                 first_order.SGD(LinearHead(3, True, torch.float64).parameters(), lr=0.1))
 
 
 def test_lbfgs_takes_short_epochs_on_large_designs(tmp_path, monkeypatch):

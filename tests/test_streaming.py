@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from gradfit.config.loading import config_from_dict
+from gradfit.data import stream as streaming
 from gradfit.errors import ConfigError, DataError
 from gradfit.train import run as api
-from gradfit.train import streamed as streaming
 
 N = 12_000
 TRUE = np.array([1.5, -2.0, 0.5])

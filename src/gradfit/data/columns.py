@@ -86,3 +86,21 @@ def select_columns(columns: list[str], target: str, features: list[str] | None, 
             hint="fix data.features, or leave it out to use every column but the target",
         )
     return list(features)
+
+
+def synthetic_columns(spec) -> list[str]:
+    """The feature names of synthetic data (its target is 'y'): x (or x1, x2, ...) for linear data."""
+    if spec.kind == "polynomial":
+        return [spec.feature]
+    return ["x"] if spec.n_features == 1 else [f"x{i + 1}" for i in range(spec.n_features)]
+
+
+def select_synthetic_columns(spec, target: str, features: list[str] | None) -> list[str]:
+    """Check data.target/data.features against synthetic data's columns; return the feature names."""
+    names = synthetic_columns(spec)
+    if target != "y" or (features and features != names):
+        raise DataError(
+            f"synthetic data has features {names} and target 'y'; "
+            "remove data.target/data.features or make them match"
+        )
+    return names

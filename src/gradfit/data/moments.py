@@ -14,13 +14,17 @@ from gradfit.parallel import Dist
 class Moments:
     """Column statistics accumulated chunk by chunk (Chan's merge), then over ranks.
 
-    Gives n, mean, std (population), min, max and rms of each column: what the feature
-    map's and the target's scaling need, without holding the rows.
+    Gives n, mean, var and std (population), m2 (the sum of squared deviations from the mean), min,
+    max and rms of each column: what the feature map's and the target's scaling need, and
+    the metrics' total sum of squares, without holding the rows.
     """
 
     def __init__(self):
         self.n = 0
         self.mean = self.m2 = self.sumsq = self.lo = self.hi = None
+        # Of rows that came as one chunk: torch's own variance, so that rows in hand get exactly the
+        # statistics torch computes of them (m2 / n differs in the last bits); None after a merge.
+        self.var = None
 
     def add(self, A: torch.Tensor) -> "Moments":
         """Fold in a chunk of rows, (n, k) or (n,), float64."""
@@ -38,6 +42,7 @@ class Moments:
         if nb == 0:
             return self
         A = A.cpu()
+        self.var = A.var(0, unbiased=False) if self.n == 0 else None
         mb = A.mean(0)
         # amin/amax: min(0)/max(0) also find the indices, ten times slower; squared in place.
         self._merge(nb, mb, (A - mb).square_().sum(0))
@@ -65,23 +70,18 @@ class Moments:
                     total.sumsq += sumsq
                     total.lo = torch.minimum(total.lo, lo)
                     total.hi = torch.maximum(total.hi, hi)
-        else:
-            total = self
+        else:  # (no rows added at all: no columns either)
+            total = self if self.mean is not None else Moments().add(torch.zeros(0, 0, dtype=torch.float64))
         n = max(total.n, 1)
+        var = total.var if total.var is not None else total.m2 / n
         return {
             "n": total.n,
             "mean": total.mean,
-            "std": (total.m2 / n).sqrt(),
+            "var": var,
+            "std": var.sqrt(),
+            "m2": total.m2,
             "min": total.lo,
             "max": total.hi,
             "rms": (total.sumsq / n).sqrt(),
         }
 
-
-def summarizer(dist: Dist, X: torch.Tensor, y: torch.Tensor):
-    """For fit_scaling: fn -> (statistics of fn(X), statistics of y) over every rank's rows."""
-
-    def summarize(fn):
-        return Moments().add(fn(X)).reduce(dist), Moments().add(y).reduce(dist)
-
-    return summarize

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gradfit.data.columns import synthetic_columns
 from gradfit.errors import (
     ConfigError,
     DataError,
@@ -75,6 +76,4 @@ def _columns(cfg, read_columns) -> list[str]:
     syn = cfg.data.synthetic
     if syn is None:
         return list(read_columns(cfg.resolved_data_path()))
-    if syn.kind == "polynomial":
-        return [syn.feature, "y"]
-    return (["x"] if syn.n_features == 1 else [f"x{i + 1}" for i in range(syn.n_features)]) + ["y"]
+    return synthetic_columns(syn) + ["y"]

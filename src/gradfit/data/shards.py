@@ -81,7 +81,6 @@ def load_shard(cfg, dist: Dist):
                            full.source, list(full.notes))
         n_all = full.n_rows
         del full
-        ds.n_rows_global = n_all
         return ds, lo, n_all
 
     path = cfg.resolved_data_path()
@@ -123,7 +122,6 @@ def load_shard(cfg, dist: Dist):
     # Only rank 0 writes the checkpoint that records the fingerprint; no need to hash the file N times.
     source = {"path": str(path.resolve()), "fingerprint": gdata.fingerprint(path) if dist.is_main else None}
     ds = gdata.Dataset(torch.from_numpy(X), torch.from_numpy(y), feats, dc.target, source, notes)
-    ds.n_rows_global = n_all
     return ds, sum(counts[: dist.rank]), n_all
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from gradfit.config.schema import SyntheticLinear, SyntheticPolynomial
+from gradfit.data.columns import synthetic_columns
 from gradfit.data.split import STREAM_DATA, Dataset, generator
 
 # ---------------------------------------------------------------- synthetic
@@ -37,6 +38,6 @@ def _synthetic(spec, seed: int) -> Dataset:
     y = X @ coef + spec.bias
     if spec.noise:
         y += spec.noise * torch.randn(n, dtype=torch.float64, generator=g)
-    names = ["x"] if d == 1 else [f"x{i + 1}" for i in range(d)]
+    names = synthetic_columns(spec)
     truth = {"intercept": spec.bias, "coefficients": coef.tolist()}
     return Dataset(X, y, names, "y", {"synthetic": spec.model_dump(mode="json"), "truth": truth})

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from gradfit.config.schema import Config, DataConfig
-from gradfit.data.columns import _small_csv, is_parquet, read_columns, select_columns
+from gradfit.data.columns import _small_csv, is_parquet, read_columns, select_columns, select_synthetic_columns
 from gradfit.data.split import Dataset
 from gradfit.data.synthetic import _synthetic
 from gradfit.errors import DataError
@@ -162,12 +162,8 @@ def load_dataset(cfg: Config) -> Dataset:
     """The rows of an experiment: read and checked, or generated from the seed."""
     dc: DataConfig = cfg.data
     if dc.synthetic is not None:
+        select_synthetic_columns(dc.synthetic, dc.target, dc.features)
         ds = _synthetic(dc.synthetic, cfg.seed)
-        if dc.target != "y" or (dc.features and dc.features != ds.feature_names):
-            raise DataError(
-                f"synthetic data has features {ds.feature_names} and target 'y'; "
-                "remove data.target/data.features or make them match"
-            )
         ds.source["fingerprint"] = tensor_fingerprint(ds.X, ds.y)
         return ds
     path = cfg.resolved_data_path()

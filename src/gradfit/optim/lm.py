@@ -34,6 +34,7 @@ import torch
 
 from gradfit.errors import TrainingError
 from gradfit.optim.first_order import OptimizerBase
+from gradfit.parallel import SINGLE, Dist
 
 MU_START = 1e-3  # initial damping, relative to D^2
 MAX_TRIALS = 60  # damped steps tried per iteration before giving up on it
@@ -122,10 +123,8 @@ class LevenbergMarquardt(OptimizerBase):
             st["diag"] = torch.zeros(theta.numel(), dtype=torch.float64, device=theta.device)
         return st
 
-    def _evaluate(self, residuals, theta, head, what: str, dist=None):
-        """(r, J) at theta; a non-finite Jacobian is an error that names the parameters (on every rank)."""
-        if dist is not None:
-            return dist.agree(lambda: self._evaluate(residuals, theta, head, what))
+    def _evaluate(self, residuals, theta, head, what: str):
+        """(r, J) at theta; a non-finite Jacobian is an error that names the parameters."""
         r, J = jacobian(residuals, theta)  # (n,), (n, p)
         if not bool(torch.isfinite(J).all()):
             bad = (~torch.isfinite(J)).any(0).nonzero().reshape(-1).tolist()
@@ -141,10 +140,8 @@ class LevenbergMarquardt(OptimizerBase):
 
     # ------------------------------------------------------------ one iteration
 
-    def _start(self, residuals, theta, head, where: str, dist=None):
+    def _start(self, residuals, theta, head, where: str):
         """(r, J) at the start of an iteration; a formula not finite on some row is an error."""
-        if dist is not None:
-            return dist.agree(lambda: self._start(residuals, theta, head, where))
         r = residuals(theta)
         if not bool(torch.isfinite(r).all()):
             raise TrainingError(
@@ -153,15 +150,14 @@ class LevenbergMarquardt(OptimizerBase):
             )
         return self._evaluate(residuals, theta, head, where)
 
-    def iterate(self, head, Z: torch.Tensor, y: torch.Tensor, dist=None) -> float:
+    def iterate(self, head, Z: torch.Tensor, y: torch.Tensor, dist: Dist = SINGLE) -> float:
         """One LM iteration: an accepted step when one lowers the sum of squares. Returns max |J^T r| after it.
 
-        ``dist`` (distributed.Dist): Z and y are this rank's rows; every rank takes the same step.
+        ``dist`` (parallel.Dist): Z and y are this rank's rows; every rank takes the same step, and
+        an error on one rank is raised on every rank (SINGLE, one process: the identity).
         """
-        dist = dist if dist is not None and dist.enabled else None
-
-        def total(x):  # a sum over all rows
-            return dist.sum(x) if dist is not None else x
+        dist = SINGLE if dist is None else dist  # (optim.steppers passes None for one process, for now)
+        total = dist.sum  # a sum over all rows
 
         residuals = self._residual_fn(head, Z, y)
         st = self._state()
@@ -171,7 +167,7 @@ class LevenbergMarquardt(OptimizerBase):
             r, J, g = cache[1:]
         else:
             where = "at the start point" if self.iterations == 0 else f"at iteration {self.iterations}"
-            r, J = self._start(residuals, theta, head, where, dist)
+            r, J = dist.agree(lambda: self._start(residuals, theta, head, where))
             g = total(J.T @ r)  # (p,)
         self.iterations += 1
         F = 0.5 * total(float(r @ r))
@@ -181,14 +177,13 @@ class LevenbergMarquardt(OptimizerBase):
         p = theta.numel()
         zeros = torch.zeros(p, dtype=torch.float64, device=J.device)
         # min ||J delta + r||: on the rows themselves, or on every rank's R_k and Q_k^T r_k (see above)
-        J_ls, r_ls = (J, r) if dist is None else stacked_factors(J, r, dist)
+        J_ls, r_ls = stacked_factors(J, r, dist)
         accepted = False
         for _ in range(MAX_TRIALS):
             A = torch.cat([J_ls, torch.diag(torch.sqrt(mu * d2))])  # (n + p, p)
             b = torch.cat([-r_ls, zeros])
             delta = _lstsq(A, b)
-            if dist is not None:  # rank 0's step everywhere: the parameters stay the same on every rank
-                delta = dist.broadcast(delta)
+            delta = dist.broadcast(delta)  # rank 0's step everywhere: the parameters stay the same on every rank
             if not bool(torch.isfinite(delta).all()):
                 mu, nu = min(mu * nu, MU_MAX), nu * 2
                 continue
@@ -213,7 +208,8 @@ class LevenbergMarquardt(OptimizerBase):
         if accepted:
             self._write(theta)
             theta = self._theta()  # as stored (the run's dtype)
-            r, J = self._evaluate(residuals, theta, head, f"after iteration {self.iterations}", dist)
+            what = f"after iteration {self.iterations}"
+            r, J = dist.agree(lambda: self._evaluate(residuals, theta, head, what))
             g = total(J.T @ r)
         self._cache = (theta, r, J, g)
         return float(g.abs().max())
@@ -224,8 +220,11 @@ def stacked_factors(J: torch.Tensor, r: torch.Tensor, dist) -> tuple[torch.Tenso
 
     ||J delta + r||^2 over all rows equals ||R delta + c||^2 over the stack plus a constant (the
     part of r outside J's columns), so the same least-squares step comes from p rows per rank.
-    A rank with fewer rows than parameters sends its R padded with zero rows.
+    A rank with fewer rows than parameters sends its R padded with zero rows. One process: (J, r)
+    themselves, the same least-squares problem.
     """
+    if not dist.enabled:
+        return J, r
     p = J.shape[1]
     Q, R = torch.linalg.qr(J)  # reduced: Q (n_k, k), R (k, p), k = min(n_k, p)
     Rk = J.new_zeros((p, p))

@@ -166,6 +166,7 @@ def _describe_synthetic(spec: dict, seed: int) -> str:
 
 
 def _evaluate_held_out(lm: LoadedModel) -> Evaluation:
+    from gradfit.data.sources import MemoryRows
     from gradfit.results.metrics import evaluate_sets
 
     ds, split, where = held_out_rows(lm)
@@ -174,7 +175,7 @@ def _evaluate_held_out(lm: LoadedModel) -> Evaluation:
     device = _run_device(lm)
     try:
         lm.model.head.to(device)
-        sets = evaluate_sets(lm.model, ds, split, model_loss(lm))
+        sets = evaluate_sets(lm.model, MemoryRows(ds.X, ds.y, split), model_loss(lm))
     finally:
         lm.model.head.to("cpu")
     metrics = {k: sets[k] for k in HELD_OUT if sets.get(k) is not None}

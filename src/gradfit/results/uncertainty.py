@@ -24,8 +24,17 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from typing import TYPE_CHECKING, Optional
 
 import torch
+
+from gradfit.data.sources import MemoryRows
+from gradfit.optim.lm import jacobian, stacked_factors  # jacobian: not torch.func.jacfwd, which imports torch._dynamo
+from gradfit.parallel import SINGLE, Dist
+from gradfit.results.exact import gram
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gradfit.data.sources import RowSource
 
 # ---------------------------------------------------------------- Student's t quantile
 
@@ -127,31 +136,32 @@ def summarize(names: list[str], values: list[float], variances: list[float], rss
     }
 
 
-def uncertainty(model, X: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None) -> dict:
-    """The uncertainty keys of coefficients.json for a linear, polynomial or formula model fitted by MSE.
+def standard_errors(model, source: RowSource, fit: Optional[dict] = None, rss: Optional[float] = None) -> dict:
+    """The uncertainty keys of coefficients.json for a model with standard errors fitted by MSE,
+    over every rank's training rows (every rank must call it).
 
-    X, y: the training rows (raw, float64), or with ``rows`` the rows ``X[rows]``, ``y[rows]``
-    (linear and polynomial models read them chunk by chunk, without a copy). Empty when it
-    cannot be computed (no residual degrees of freedom, or coefficients the data cannot tell apart).
+    ``fit``: the exact check's result (its Gram matrix and row count) and ``rss``: the training
+    rows' residual sum of squares, when the caller has them (each is otherwise a pass over the rows).
+    Empty when it cannot be computed (no residual degrees of freedom, or coefficients the data
+    cannot tell apart).
     """
-    kind = model.spec["kind"]
-    if kind == "formula":
-        return formula_uncertainty(model, X if rows is None else X[rows], y if rows is None else y[rows])
-    if kind in ("linear", "polynomial"):
-        return linear_uncertainty(model, X, y, rows)
-    return {}
+    if not model.has_standard_errors:
+        return {}
+    if model.linear_in_parameters:
+        G, _, n = gram(model, source) if fit is None else (fit["gram"], None, fit["n"])
+        if rss is None:
+            rss = lambda: source.sum(sum(float((y - model.predict(X)).pow(2).sum()) for X, y in source.chunks("train")))  # noqa: E731
+        return linear_uncertainty_from_gram(model, G, rss, n)
+    # The Jacobian of all of this rank's training rows at once (formula models run in memory).
+    parts = list(source.chunks("train"))
+    X = torch.cat([X for X, _ in parts]) if parts else torch.zeros(0, len(model.spec["features"]), dtype=torch.float64)
+    y = torch.cat([y for _, y in parts]) if parts else torch.zeros(0, dtype=torch.float64)
+    return formula_uncertainty(model, X, y, source.dist)
 
 
-RSS_CHUNK_ROWS = 1 << 14
-
-
-def _rss(model, X: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None) -> float:
-    n = X.shape[0] if rows is None else rows.shape[0]
-    total = 0.0
-    for i in range(0, n, RSS_CHUNK_ROWS):
-        idx = slice(i, i + RSS_CHUNK_ROWS) if rows is None else rows[i : i + RSS_CHUNK_ROWS]
-        total += float((y[idx].to(torch.float64) - model.predict(X[idx], batch_rows=RSS_CHUNK_ROWS)).pow(2).sum())
-    return total
+def uncertainty(model, X: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None) -> dict:
+    """``standard_errors`` on rows in hand: ``X``, ``y`` (or ``X[rows]``, ``y[rows]``, read chunk by chunk)."""
+    return standard_errors(model, MemoryRows.training(X, y, rows))
 
 
 # ---------------------------------------------------------------- linear and polynomial
@@ -188,17 +198,6 @@ def raw_map(model) -> tuple[list[tuple[int, ...]], torch.Tensor]:
     if intercept:
         M[row[zero]][m] = Fraction(1)
     return keys, torch.tensor([[float(v) for v in r] for r in M], dtype=torch.float64)
-
-
-def linear_uncertainty(model, X: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None) -> dict:
-    """Standard errors of the raw coefficients of a linear or polynomial model (on ``X[rows]`` with ``rows``)."""
-    from gradfit.results.exact import gram
-
-    n = int(X.shape[0] if rows is None else rows.shape[0])
-    G, _ = gram(model, X, y, rows)  # (m[+1], m[+1]) of the scaled design, intercept column last
-    if n <= int(G.shape[0]):
-        return {}
-    return linear_uncertainty_from_gram(model, G, lambda: _rss(model, X, y, rows), n)
 
 
 def linear_uncertainty_from_gram(model, G: torch.Tensor, rss, n: int) -> dict:
@@ -238,35 +237,22 @@ def formula_jacobian(model, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     def f(t):
         return head.evaluate(X64, t)
 
-    from gradfit.optim.lm import jacobian  # not torch.func.jacfwd, which imports torch._dynamo (see there)
-
     return jacobian(f, theta)
 
 
-def covariance_unscaled(J: torch.Tensor, dist=None) -> torch.Tensor | None:
+def covariance_unscaled(J: torch.Tensor, dist: Dist = SINGLE) -> torch.Tensor | None:
     """(J^T J)^-1 through a QR factorization of J with unit columns; None when J lacks full column rank.
 
-    ``dist`` (distributed.Dist): J is this rank's rows; the column norms are summed over the ranks
+    ``dist`` (parallel.Dist): J is this rank's rows; the column norms are summed over the ranks
     and R comes from the QR of every rank's R stacked (see lm.py), the same R up to signs and rounding.
     """
-    dist = dist if dist is not None and dist.enabled else None
-    if dist is None:
-        s = J.norm(dim=0)  # (p,)
-        finite = bool(torch.isfinite(J).all())
-        n = J.shape[0]
-    else:
-        s = dist.sum((J * J).sum(0)).sqrt()
-        finite = dist.sum(int(not bool(torch.isfinite(J).all()))) == 0
-        n = dist.sum(int(J.shape[0]))
+    s = dist.sum((J * J).sum(0)).sqrt()  # (p,)
+    finite = dist.sum(int(not bool(torch.isfinite(J).all()))) == 0
+    n = dist.sum(int(J.shape[0]))
     if not finite or not bool((s > 0).all()):
         return None
-    if dist is None:
-        R = torch.linalg.qr(J / s, mode="r").R
-    else:
-        from gradfit.optim.lm import stacked_factors
-
-        stacked, _ = stacked_factors(J / s, J.new_zeros(J.shape[0]), dist)
-        R = torch.linalg.qr(stacked, mode="r").R
+    stacked, _ = stacked_factors(J / s, J.new_zeros(J.shape[0]), dist)  # (one process: J / s itself)
+    R = torch.linalg.qr(stacked, mode="r").R
     diag = R.diagonal().abs()
     if float(diag.min()) <= J.shape[1] * torch.finfo(torch.float64).eps * float(diag.max()) * max(n, 1):
         return None
@@ -274,23 +260,20 @@ def covariance_unscaled(J: torch.Tensor, dist=None) -> torch.Tensor | None:
     return (Rinv @ Rinv.T) / torch.outer(s, s)
 
 
-def formula_uncertainty(model, X: torch.Tensor, y: torch.Tensor, dist=None) -> dict:
+def formula_uncertainty(model, X: torch.Tensor, y: torch.Tensor, dist: Dist = SINGLE) -> dict:
     """Standard errors of a formula model's parameters, from its autograd Jacobian at the solution.
 
     ``dist``: X and y are this rank's training rows; sums and the factorization cover every rank's
     (every rank must call it)."""
-    dist = dist if dist is not None and dist.enabled else None
-    n = int(X.shape[0]) if dist is None else dist.sum(int(X.shape[0]))
-    names = model.parameter_names
+    n = int(dist.sum(int(X.shape[0])))
+    names = model.parameter_names()
     p = len(names)
     if n <= p:
         return {}
     with torch.no_grad():
         pred, J = formula_jacobian(model, X)
     C = covariance_unscaled(J, dist)
-    rss = float((y.to(torch.float64) - pred).pow(2).sum())
-    if dist is not None:
-        rss = dist.sum(rss)
+    rss = dist.sum(float((y.to(torch.float64) - pred).pow(2).sum()))
     if C is None or not math.isfinite(rss):
         return {}
     sigma2 = rss / (n - p)

@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 
 from gradfit.config.schema import Config
+from gradfit.data.sources import RowSource
 from gradfit.data.split import Dataset, Split
 from gradfit.models import losses
 from gradfit.models.regression import RegressionModel
@@ -29,6 +30,7 @@ class Prepared:
     loss: losses.Loss
     plan: optim.OptimizerPlan
     load_seconds: float
-    dist: Dist = SINGLE  # several processes under torchrun (distributed.py)
-    rows: Optional[object] = None  # rows not all in ds (other ranks', streamed): metrics over them (distributed.py)
-    stream: Optional[object] = None  # data.streaming: batches read from Parquet each epoch (streaming.py)
+    rows: RowSource  # where the rows live (in memory, torchrun shards, Parquet stream): chosen in run.prepare
+    dist: Dist = SINGLE  # several processes under torchrun (parallel.py)
+    # data.streaming: the same object as ``rows``, for the loop's epochs read from Parquet (train/streamed.py)
+    stream: Optional[object] = None

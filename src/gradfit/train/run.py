@@ -15,19 +15,23 @@ import torch
 
 from gradfit.config.loading import dump_yaml
 from gradfit.config.schema import Config
+from gradfit.data.sources import MemoryRows, RowSource
 from gradfit.data.split import STREAM_BATCH, STREAM_INIT, STREAM_PLOT, Dataset, Split, generator, split_rows
 from gradfit.data.tables import load_dataset
 from gradfit.models import losses
 from gradfit.models.build import build_model
 from gradfit.models.regression import DESIGN_CHUNK_ROWS, RegressionModel
 from gradfit.optim import plan as optim
-from gradfit.parallel import SINGLE, resolve_device
+from gradfit.optim.steppers import facts
+from gradfit.parallel import resolve_device
 from gradfit.results.checkpoint import CHECKPOINT_NAME, save_checkpoint
-from gradfit.results.exact import exact_least_squares
-from gradfit.results.metrics import evaluate_sets, predict_rows
+from gradfit.results.exact import exact_fit
+from gradfit.results.metrics import evaluate_sets, predict_rows, target_variance
 from gradfit.results.rundir import make_run_dir, write_history, write_json, write_text
-from gradfit.train.loop import EpochRecord, StopState, TrainData, TrainResult, fit
+from gradfit.results.uncertainty import standard_errors
+from gradfit.train.loop import Callbacks, EpochRecord, LoopSettings, StartFrom, TrainData, TrainResult, TrainRows, fit
 from gradfit.train.prepared import Prepared
+from gradfit.train.stopping import StopState
 
 
 @dataclass
@@ -51,13 +55,13 @@ def resolved_config_dict(cfg: Config) -> dict:
     return d
 
 
-def data_record(cfg: Config, ds: Dataset, split: Split) -> dict:
+def data_record(cfg: Config, ds: Dataset, rows: RowSource) -> dict:
     """What the checkpoint keeps about the data: enough to rebuild the held-out sets and check them."""
     return {
         "source": ds.source,
         "features": ds.feature_names,
         "target": ds.target_name,
-        "n_rows": getattr(ds, "n_rows_global", ds.n_rows),  # distributed/streamed: all rows, not this rank's
+        "n_rows": rows.n_rows_global,  # distributed/streamed: all rows, not this rank's
         "split": {"val": cfg.data.split.val, "test": cfg.data.split.test},
         "seed": cfg.seed,
         "dropna": cfg.data.dropna,
@@ -74,6 +78,8 @@ def prepare(cfg: Config) -> Prepared:
         cfg = resolve_config(cfg)  # target and input columns from the formula, checked against the data
     from gradfit import parallel
     dist = parallel.setup(device)  # SINGLE without torchrun
+    # Where the rows live, decided here once (Prepared.rows, data/sources.py): streamed from
+    # Parquet, each torchrun rank its shard, or all of them in this process's memory.
     if cfg.data.streaming:
         from gradfit.train import streamed
 
@@ -84,27 +90,25 @@ def prepare(cfg: Config) -> Prepared:
         return shards.prepare(cfg, dist, device, t0)
     ds = load_dataset(cfg)
     split = split_rows(ds.n_rows, cfg.data.split.val, cfg.data.split.test, cfg.seed)
-    by_columns = _column_major(cfg, device, split)  # (never for formula models, whose design takes no layout)
+    rows = MemoryRows(ds.X, ds.y, split)
+    by_columns = _column_major(cfg, device, split)  # (never for formula models)
+    init = generator(cfg.seed, STREAM_INIT)
+    y_tr = ds.y[split.train]
     if cfg.model.kind != "formula" and split.train.numel() > DESIGN_CHUNK_ROWS:
         # Many rows: no copy of the training rows; the statistics and the design are made
         # chunk by chunk from the rows the split indexes (see bench/README.md, memory).
-        y_tr = ds.y[split.train]
-        model = build_model(cfg, ds.feature_names, ds.target_name, None, y_tr, device, generator(cfg.seed, STREAM_INIT),
-                            summarize=row_summarizer(ds.X, y_tr, split.train))
-        data = TrainData(model.design(ds.X, rows=split.train, column_major=by_columns),
-                         model.scaled_target(y_tr))
+        model = build_model(cfg, ds.feature_names, ds.target_name, None, y_tr, device, init, summarize=rows.summarizer())
+        data = TrainData(model.design(ds.X, rows=split.train, column_major=by_columns), model.scaled_target(y_tr))
     else:
-        X_tr, y_tr = ds.X[split.train], ds.y[split.train]
-        model = build_model(cfg, ds.feature_names, ds.target_name, X_tr, y_tr, device, generator(cfg.seed, STREAM_INIT))
-        Z = model.design(X_tr, column_major=True) if by_columns else model.design(X_tr)
-        data = TrainData(Z, model.scaled_target(y_tr))
-    if split.val.numel():
+        X_tr = ds.X[split.train]  # (a formula model checks its start on these rows)
+        model = build_model(cfg, ds.feature_names, ds.target_name, X_tr, y_tr, device, init, summarize=rows.summarizer())
+        data = TrainData(model.design(X_tr, column_major=by_columns), model.scaled_target(y_tr))
+    if rows.has_val:
         # (the validation loss of such a run is one pass of the same kind, loss only)
-        data.Z_val = (model.design(ds.X[split.val]) if cfg.model.kind == "formula"
-                      else model.design(ds.X, rows=split.val, column_major=by_columns))
+        data.Z_val = model.design(ds.X, rows=split.val, column_major=by_columns)
         data.y_val = model.scaled_target(ds.y[split.val])
     plan = optim.plan(cfg, data.Z)
-    return Prepared(cfg, device, ds, split, model, data, losses.from_config(cfg), plan, time.perf_counter() - t0)
+    return Prepared(cfg, device, ds, split, model, data, losses.from_config(cfg), plan, time.perf_counter() - t0, rows)
 
 
 def _column_major(cfg: Config, device: torch.device, split: Split) -> bool:
@@ -117,19 +121,6 @@ def _column_major(cfg: Config, device: torch.device, split: Split) -> bool:
         and cfg.loss.kind == "mse"
         and (bs is None or bs >= split.train.numel() or cfg.optimizer.kind == "lbfgs")
     )
-
-
-def row_summarizer(X: torch.Tensor, y: torch.Tensor, rows: torch.Tensor):
-    """For fit_scaling: fn -> (statistics of fn(X[rows]), statistics of y), chunk by chunk (no copy of the rows)."""
-    from gradfit.data.moments import Moments
-
-    def summarize(fn):
-        xs = Moments()
-        for i in range(0, rows.numel(), DESIGN_CHUNK_ROWS):
-            xs.add(fn(X[rows[i : i + DESIGN_CHUNK_ROWS]]))
-        return xs.reduce(SINGLE), Moments().add(y).reduce(SINGLE)
-
-    return summarize
 
 
 def train(
@@ -233,32 +224,16 @@ def _train_prepared(prep: Prepared, run_dir, fresh, state, history, on_epoch, sh
         def keep_state(epoch: int) -> None:
             final["state"] = rs.capture(model.head, opt, gen, epoch, cfg.optimizer.kind, stop_state)
 
-        result = fit(
-            # (Levenberg-Marquardt reduces its sums over the ranks itself: no DDP, no gradient hooks)
-            prep.dist.wrap(model.head) if cfg.optimizer.kind != "lm" else model.head,
-            data,
-            prep.dist.wrap_loss(loss.scaled(y_scale)),
-            opt,
-            kind=cfg.optimizer.kind,
-            epochs=cfg.train.epochs,
-            batch_size=cfg.train.batch_size,
-            tol=cfg.train.tol,
-            loss_scale=y_scale ** loss.unit_power,
-            loss_power=loss.unit_power,
-            lr=prep.plan.lr,
-            generator=gen,
-            early_stopping=cfg.train.early_stopping,
-            on_epoch=note_epoch,
-            should_stop=prep.dist.wrap_stop(should_stop),
-            on_checkpoint=save_progress if run_dir is not None else None,
-            checkpoint_every=cfg.train.checkpoint_every,
-            start_epoch=state.epoch if state is not None else 0,
-            history=history,
-            on_end=keep_state if run_dir is not None else None,
-            dist=prep.dist,
-            stream=prep.stream,
-            stop_state=stop_state,
-        )
+        kind = cfg.optimizer.kind
+        settings = LoopSettings(kind, cfg.train.epochs, cfg.train.batch_size, cfg.train.tol, y_scale ** loss.unit_power,
+                                prep.plan.lr, gen, loss.unit_power, cfg.train.early_stopping, cfg.train.checkpoint_every)
+        callbacks = Callbacks(note_epoch, prep.dist.wrap_stop(should_stop), save_progress if run_dir is not None else None,
+                              keep_state if run_dir is not None else None)
+        start = StartFrom(state.epoch if state is not None else 0, history, stop_state)
+        # (Levenberg-Marquardt reduces its sums over the ranks itself: no DDP, no gradient hooks)
+        head = prep.dist.wrap(model.head) if facts(kind).under_ddp else model.head
+        rows = TrainRows(data, prep.dist, prep.stream)
+        result = fit(head, rows, prep.dist.wrap_loss(loss.scaled(y_scale)), opt, settings, callbacks, start)
         if run_dir is not None and "state" in final:
             rs.save_state(run_dir / rs.RESUME_NAME, final["state"])
         run = finish(prep, result, run_dir)
@@ -279,7 +254,7 @@ def save_partial_run(prep: Prepared, run_dir: Path, history: list[EpochRecord], 
     """
     from gradfit.train import resume as rs
 
-    cfg, ds, split, model = prep.cfg, prep.ds, prep.split, prep.model
+    cfg, ds, model = prep.cfg, prep.ds, prep.model
     cfg_dict = resolved_config_dict(cfg)
     write_text(run_dir / "config.yaml", dump_yaml(cfg_dict))
     write_history(run_dir / "history.csv", history)
@@ -287,7 +262,7 @@ def save_partial_run(prep: Prepared, run_dir: Path, history: list[EpochRecord], 
         run_dir / CHECKPOINT_NAME,
         model,
         config=cfg_dict,
-        data=data_record(cfg, ds, split),
+        data=data_record(cfg, ds, prep.rows),
         extra={"epochs": state.epoch, "in_progress": True},
     )
     rs.save_state(run_dir / rs.RESUME_NAME, state)
@@ -297,9 +272,9 @@ def save_partial_run(prep: Prepared, run_dir: Path, history: list[EpochRecord], 
 
 def finish(prep: Prepared, result: TrainResult, run_dir: Optional[Path]) -> RunResult:
     """Metrics, exact check, coefficients, and the files of the run directory."""
-    cfg, model, ds, split, loss = prep.cfg, prep.model, prep.ds, prep.split, prep.loss
+    cfg, model, ds, rows, loss = prep.cfg, prep.model, prep.ds, prep.rows, prep.loss
     model.head.eval()
-    sets = evaluate_sets(model, ds, split, loss) if prep.rows is None else prep.rows.evaluate_sets(model, loss)
+    sets = evaluate_sets(model, rows, loss)
     metrics = {
         **sets,
         "epochs": result.epochs,
@@ -312,27 +287,16 @@ def finish(prep: Prepared, result: TrainResult, run_dir: Optional[Path]) -> RunR
     }
     if result.best_epoch is not None:
         metrics["best_epoch"] = result.best_epoch
-    if cfg.model.kind in ("linear", "polynomial") and cfg.loss.kind == "mse":
-        y_tr = ds.y[split.train]
-        ex = exact_least_squares(model, ds.X, ds.y, rows=split.train) if prep.rows is None else prep.rows.exact(model)
-        var = float(y_tr.var(unbiased=False)) if prep.rows is None else prep.rows.target_variance()
-        train_mse = sets["train"]["mse"]
-        metrics["exact"] = {"loss": ex["loss"], "gap": (train_mse - ex["loss"]) / var if var > 0 else train_mse - ex["loss"]}
+    mse = cfg.loss.kind == "mse"
+    fit = exact_fit(model, rows) if mse and model.linear_in_parameters else None
+    train_mse = sets["train"]["mse"]
+    if fit is not None:
+        var = target_variance(rows)
+        metrics["exact"] = {"loss": fit["loss"], "gap": (train_mse - fit["loss"]) / var if var > 0 else train_mse - fit["loss"]}
     coefficients = model.coefficients()
-    if cfg.model.kind in ("linear", "polynomial", "formula") and cfg.loss.kind == "mse" and prep.rows is None:
-        from gradfit.results.uncertainty import uncertainty
-
-        coefficients.update(uncertainty(model, ds.X, ds.y, rows=split.train))
-    elif "exact" in metrics and "gram" in ex:
-        # Rows over several processes or streamed: the exact check summed their Gram matrix.
-        from gradfit.results.uncertainty import linear_uncertainty_from_gram
-
-        coefficients.update(linear_uncertainty_from_gram(model, ex["gram"], sets["train"]["mse"] * ex["n"], ex["n"]))
-    elif cfg.model.kind == "formula" and cfg.loss.kind == "mse" and prep.dist.enabled and prep.stream is None:
-        # Rows over several processes: the Jacobian's factors and the sums gathered from every rank.
-        from gradfit.results.uncertainty import formula_uncertainty
-
-        coefficients.update(formula_uncertainty(model, ds.X[split.train], ds.y[split.train], prep.dist))
+    if mse and model.has_standard_errors:
+        # (a linear model's from the exact check's Gram matrix and the training metrics' residuals)
+        coefficients.update(standard_errors(model, rows, fit, train_mse * rows.count("train")))
     run = RunResult(run_dir, metrics, coefficients, cfg, result, model, list(ds.notes), prep.plan.lr_rule)
     if run_dir is not None:
         write_run(run, prep)
@@ -372,7 +336,7 @@ def write_run(run: RunResult, prep: Prepared) -> None:
         d / CHECKPOINT_NAME,
         model,
         config=cfg_dict,
-        data=data_record(cfg, ds, split),
+        data=data_record(cfg, ds, prep.rows),
         extra={"metrics": {k: run.metrics[k] for k in ("train", "val", "test")}, "epochs": run.result.epochs,
                # the fit's standard errors need the training rows: kept, so the checkpoint alone gives them
                "uncertainty": {k: run.coefficients[k] for k in ("std_errors", "ci95", "residual_sd", "dof") if k in run.coefficients}},

@@ -13,7 +13,8 @@ What each rank does (see docs/distributed.md):
 - the train/val/test split is the single-process one: the same seeded permutation of
   all N rows, each rank keeping the indices that fall in its range;
 - scaling statistics, the loss, gradients (DistributedDataParallel) and metrics are
-  reduced over all ranks, so a run on N processes computes what one process would;
+  reduced over all ranks (``data.sources.ShardRows``), so a run on N processes computes
+  what one process would;
 - errors that can happen on one rank only (a bad value in its shard) are agreed on:
   every rank raises the first failing rank's error, rank 0 reports it, all exit 1.
 """
@@ -24,38 +25,9 @@ import time
 
 import torch
 
-from gradfit.data.moments import summarizer
 from gradfit.data.shards import load_shard, split_shard
+from gradfit.data.sources import ShardRows
 from gradfit.parallel import Dist
-from gradfit.results.exact import exact_from_chunks
-from gradfit.results.metrics import evaluate_sets_over_ranks, variance_over_ranks
-
-# ---------------------------------------------------------------- metrics over all ranks
-
-
-class ShardRows:
-    """Metrics over every rank's rows when each rank holds its shard in memory (Prepared.rows)."""
-
-    def __init__(self, ds, split, dist: Dist):
-        self.ds, self.split, self.dist = ds, split, dist
-
-    def evaluate_sets(self, model, loss) -> dict:
-        return evaluate_sets_over_ranks(model, self.ds, self.split, loss, self.dist)
-
-    def exact(self, model) -> dict:
-        from gradfit.results.exact import design_chunks
-
-        X, y = self.ds.X[self.split.train], self.ds.y[self.split.train]
-        k = model.features.n_terms + int(bool(model.spec["intercept"]))
-
-        def chunks():
-            for i, A in design_chunks(model, X):
-                yield A, y[i : i + A.shape[0]]
-
-        return exact_from_chunks(chunks, k, self.dist)
-
-    def target_variance(self) -> float:
-        return variance_over_ranks(self.ds.y[self.split.train], self.dist)
 
 
 def prepare(cfg, dist: Dist, device: torch.device, t0: float):
@@ -70,13 +42,14 @@ def prepare(cfg, dist: Dist, device: torch.device, t0: float):
     device = dist.device or device
     ds, offset, n_all = load_shard(cfg, dist)
     split = split_shard(n_all, offset, ds.n_rows, cfg, dist)
+    rows = ShardRows(ds.X, ds.y, split, dist)
     X_tr, y_tr = ds.X[split.train], ds.y[split.train]
     model = dist.agree(lambda: build_model(cfg, ds.feature_names, ds.target_name, X_tr, y_tr, device,
-                                           generator(cfg.seed, STREAM_INIT), summarize=summarizer(dist, X_tr, y_tr)))
+                                           generator(cfg.seed, STREAM_INIT), summarize=rows.summarizer()))
     data = TrainData(model.design(X_tr), model.scaled_target(y_tr))
-    if dist.sum(split.val.numel()):
+    if rows.has_val:
         data.Z_val = model.design(ds.X[split.val])
         data.y_val = model.scaled_target(ds.y[split.val])
     plan = dist.agree(lambda: optim.plan(cfg, data.Z, reduce=dist.sum))
     return Prepared(cfg, device, ds, split, model, data, losses.from_config(cfg), plan,
-                    time.perf_counter() - t0, dist=dist, rows=ShardRows(ds, split, dist))
+                    time.perf_counter() - t0, rows, dist=dist)

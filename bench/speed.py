@@ -261,7 +261,7 @@ def section_epoch(args) -> dict:
 
     from gradfit.models import passes as fastopt
     from gradfit.models.heads import LinearHead
-    from gradfit.train.loop import TrainData, fit
+    from gradfit.train.loop import Callbacks, LoopSettings, TrainData, TrainRows, fit
 
     n, m = (20_000, 16) if args.tiny else (1_000_000, 64)
     epochs = 3 if args.tiny else 40
@@ -278,8 +278,8 @@ def section_epoch(args) -> dict:
         def fit_once(on_epoch):
             head = LinearHead(m, True, torch.float32).to(dev)
             opt = first_order.SGD(head.parameters(), lr=0.1)
-            fit(head, TrainData(design, y), F.mse_loss, opt, kind="sgd", epochs=k, batch_size=None, tol=0.0,
-                loss_scale=1.0, lr=0.1, generator=torch.Generator().manual_seed(0), on_epoch=on_epoch)
+            settings = LoopSettings("sgd", k, None, 0.0, 1.0, 0.1, torch.Generator().manual_seed(0))
+            fit(head, TrainRows(TrainData(design, y)), F.mse_loss, opt, settings, Callbacks(on_epoch=on_epoch))
         return fit_once
 
     kernel = fastopt.kernel_applies(Z, y)  # the compiled one-pass kernel (gradfit._fused) takes this design
@@ -313,8 +313,8 @@ def section_epoch(args) -> dict:
     bs = 4096 if not args.tiny else 1024
     head = LinearHead(m, True, torch.float32).to(dev)
     opt = first_order.SGD(head.parameters(), lr=0.01)
-    res_mb = fit(head, TrainData(Zr, y), F.mse_loss, opt, kind="sgd", epochs=2 if args.tiny else 4, batch_size=bs,
-                 tol=0.0, loss_scale=1.0, lr=0.01, generator=torch.Generator().manual_seed(0))
+    settings = LoopSettings("sgd", 2 if args.tiny else 4, bs, 0.0, 1.0, 0.01, torch.Generator().manual_seed(0))
+    res_mb = fit(head, TrainRows(TrainData(Zr, y)), F.mse_loss, opt, settings)
     mb = statistics.median(r.seconds for r in res_mb.history[:1]) if len(res_mb.history) < 2 else statistics.median(
         b.seconds - a.seconds for a, b in zip(res_mb.history, res_mb.history[1:]))
 

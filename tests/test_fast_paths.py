@@ -189,12 +189,11 @@ def _train_cfg(tmp_path, **over):
 
 def test_fast_full_batch_path_gives_the_autograd_trajectory(tmp_path, monkeypatch):
     """The loop with LinearMSE and the loop with autograd record the same losses."""
-    from gradfit.train import loop as training
     from gradfit.train.run import train
 
     cfg = _train_cfg(tmp_path)
     fast = train(cfg, write=False)
-    monkeypatch.setattr(training.LinearMSE, "applies", staticmethod(lambda *a: False))
+    monkeypatch.setattr(fastopt.LinearMSE, "applies", staticmethod(lambda *a: False))
     slow = train(cfg, write=False)
     a = [r.train_loss for r in fast.result.history]
     b = [r.train_loss for r in slow.result.history]
@@ -403,7 +402,6 @@ def test_mlp_mse_applies_only_to_relu_or_tanh_mlps_with_mse():
 @pytest.mark.parametrize("batch_size", [32, None])
 def test_mlp_training_by_hand_gives_the_autograd_trajectory(tmp_path, monkeypatch, batch_size):
     from gradfit.config.loading import config_from_dict
-    from gradfit.train import loop as training
     from gradfit.train.run import train
 
     cfg = config_from_dict({
@@ -413,7 +411,7 @@ def test_mlp_training_by_hand_gives_the_autograd_trajectory(tmp_path, monkeypatc
         "train": {"epochs": 15, "batch_size": batch_size, "tol": 0.0}, "output": {"dir": str(tmp_path)},
     })
     fast = train(cfg, write=False)
-    monkeypatch.setattr(training.MLPMSE, "applies", staticmethod(lambda *a: False))
+    monkeypatch.setattr(fastopt.MLPMSE, "applies", staticmethod(lambda *a: False))
     slow = train(cfg, write=False)
     a = [r.train_loss for r in fast.result.history]
     b = [r.train_loss for r in slow.result.history]

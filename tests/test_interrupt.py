@@ -347,15 +347,16 @@ def test_best_weights_saved_under_ddp_names_load_into_a_plain_head():
 
     from gradfit.config.schema import EarlyStopping
     from gradfit.models.heads import LinearHead
-    from gradfit.train.loop import StopState, TrainData, fit
+    from gradfit.train.loop import LoopSettings, StartFrom, StopState, TrainData, TrainRows, fit
 
     g = torch.Generator().manual_seed(0)
     Z, y = torch.randn(50, 3, generator=g, dtype=torch.float64), torch.randn(50, generator=g, dtype=torch.float64)
     head = LinearHead(3, True, torch.float64)
     best = {"module.weight": torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64), "module.bias": torch.tensor(4.0, dtype=torch.float64)}
     state = StopState(best_val=0.0, best_epoch=7, best_state=best)  # no epoch can beat a loss of 0
-    res = fit(head, TrainData(Z, y, Z[:10], y[:10]), F.mse_loss, first_order.SGD(head.parameters(), lr=0.1), kind="sgd",
-              epochs=9, batch_size=None, tol=0.0, loss_scale=1.0, lr=0.1, generator=torch.Generator().manual_seed(0),
-              early_stopping=EarlyStopping(patience=100), start_epoch=7, stop_state=state)
+    settings = LoopSettings(kind="sgd", epochs=9, batch_size=None, tol=0.0, loss_scale=1.0, lr=0.1,
+                            generator=torch.Generator().manual_seed(0), early_stopping=EarlyStopping(patience=100))
+    res = fit(head, TrainRows(TrainData(Z, y, Z[:10], y[:10])), F.mse_loss, first_order.SGD(head.parameters(), lr=0.1),
+              settings, start=StartFrom(epoch=7, stop_state=state))
     assert res.best_epoch == 7
     assert torch.equal(head.weight.detach(), best["module.weight"]) and float(head.bias.detach()) == 4.0

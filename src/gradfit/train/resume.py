@@ -37,7 +37,7 @@ class ResumeState:
     head: dict  # name -> tensor
     optimizer: dict  # a torch optimizer state_dict
     generator: Optional[torch.Tensor]
-    stop: Any = None  # training.StopState: the stopping rules' memory (None in files from before it was kept)
+    stop: Any = None  # train.stopping.StopState: the stopping rules' memory (None in files from before it was kept)
 
 
 def capture(head: torch.nn.Module, optimizer, gen: Optional[torch.Generator], epoch: int, kind: str,
@@ -55,7 +55,7 @@ def capture(head: torch.nn.Module, optimizer, gen: Optional[torch.Generator], ep
     )
 
 
-# training.StopState's numbers, stored in the header's metadata (its best weights as tensors "best.*").
+# train.stopping.StopState's numbers, stored in the header's metadata (its best weights as tensors "best.*").
 _STOP_FIELDS = ("best_val", "best_epoch", "since_best", "best_grad", "loss_floor", "calm", "prev_loss", "tol")
 
 
@@ -181,7 +181,7 @@ def load_state(path: Path) -> ResumeState:
             raise ValueError("the optimizer record is not a state_dict")
         stop = None
         if "stop" in meta:
-            from gradfit.train.loop import StopState
+            from gradfit.train.stopping import StopState
 
             fields = {k: _decode(v, {}) for k, v in json.loads(meta["stop"]).items() if k in _STOP_FIELDS}
             best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}

@@ -219,8 +219,8 @@ def test_missing_file(tmp_path):
 
 
 def test_the_solver_does_not_use_torch_optim(monkeypatch):
-    # torch.optim imports torch._dynamo on first use (over a second); the solver's own
-    # optimizers avoid it
+    # torch.optim imports torch._dynamo on first use (over a second); gradfit's optimizers
+    # (optim/) avoid it
     import torch
 
     def refuse(*args, **kwargs):
@@ -229,3 +229,20 @@ def test_the_solver_does_not_use_torch_optim(monkeypatch):
     monkeypatch.setattr(torch.optim.Optimizer, "__init__", refuse)
     for optimizer in ("lbfgs", "adam", "sgd"):
         assert solve(PUZZLE, optimizer=optimizer).solved
+
+
+def test_the_solver_drives_gradfits_optimizers(monkeypatch):
+    # one L-BFGS, Adam and SGD in the project: solve-equations runs those of optim/
+    from gradfit.optim import first_order, lbfgs
+
+    calls = []
+    for cls in (lbfgs.LBFGS, first_order.Adam, first_order.SGD):
+
+        def step(self, *args, _step=cls.step, _name=cls.__name__, **kwargs):
+            calls.append(_name)
+            return _step(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "step", step)
+    for optimizer in ("lbfgs", "adam", "sgd"):
+        assert solve(PUZZLE, optimizer=optimizer).solved
+    assert set(calls) == {"LBFGS", "Adam", "SGD"}

@@ -65,7 +65,7 @@ def _read_yaml(path: Path, text: str) -> EquationFile:
     for key in doc:
         if key not in ("equations", "initial"):
             raise EquationError(
-                f"{path}: unknown key '{key}'", hint=_closest(str(key), ("equations", "initial"))
+                f"{path}: unknown key '{key}'", hint=closest(str(key), ("equations", "initial"))
             )
     equations = doc.get("equations")
     if not isinstance(equations, list) or not equations:
@@ -86,6 +86,7 @@ def _read_yaml(path: Path, text: str) -> EquationFile:
     )
 
 
-def _closest(word: str, choices: Sequence[str]) -> str | None:
+def closest(word: str, choices: Sequence[str]) -> str | None:
+    """A "did you mean" hint naming the choice nearest ``word``, or None."""
     match = difflib.get_close_matches(word, choices, n=1)
     return f"did you mean '{match[0]}'?" if match else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from gradfit.equations.system import _EPS, _Run, _System
+from gradfit.equations.system import EPS, Run, System
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -63,14 +63,15 @@ class SolveResult:
         return out
 
 
-def _max_abs(run: _Run) -> float:
+def max_residual(run: Run) -> float:
+    """The largest |residual| of a run (0 for no equations)."""
     return float(run.residuals.abs().max()) if run.residuals.numel() else 0.0
 
 
-def _pick(runs: list[_Run], tol: float) -> _Run:
+def pick_best(runs: list[Run], tol: float) -> Run:
     """The first run that solves the system (the configured start first), else the lowest loss."""
     for r in runs:
-        if _max_abs(r) <= tol:
+        if max_residual(r) <= tol:
             return r
     return min(runs, key=lambda r: r.loss)
 
@@ -80,7 +81,7 @@ def _same(a: list[float], b: list[float]) -> bool:
     return max(abs(p - q) for p, q in zip(a, b)) <= 1e-6 * scale
 
 
-def _distinct(runs: list[_Run], unknowns: list[str]) -> list[dict[str, float]]:
+def distinct_solutions(runs: list[Run], unknowns: list[str]) -> list[dict[str, float]]:
     points: list[list[float]] = []
     for r in runs:
         p = r.x.tolist()
@@ -89,17 +90,17 @@ def _distinct(runs: list[_Run], unknowns: list[str]) -> list[dict[str, float]]:
     return [dict(zip(unknowns, p)) for p in points]
 
 
-def _rank(sv: torch.Tensor, shape, linear: bool) -> int:
+def jacobian_rank(sv: torch.Tensor, shape, linear: bool) -> int:
     """Singular values above a relative tolerance: rounding level for a linear system's exact
     Jacobian; 1e-8 of max(sigma_max, 1) at an approximate nonlinear solution."""
     if float(sv[0]) == 0.0:
         return 0
     top = float(sv[0])
-    cutoff = max(shape) * _EPS * top if linear else 1e-8 * max(top, 1.0)
+    cutoff = max(shape) * EPS * top if linear else 1e-8 * max(top, 1.0)
     return int((sv > cutoff).sum())
 
 
-def _direction(unknowns: list[str], v: torch.Tensor) -> dict[str, float]:
+def free_direction(unknowns: list[str], v: torch.Tensor) -> dict[str, float]:
     """A unit null-space vector, its largest component made positive, rounding noise cleared."""
     values = v.tolist()
     if values[max(range(len(values)), key=lambda i: (abs(values[i]) > 1e-9, -i))] < 0:
@@ -107,7 +108,7 @@ def _direction(unknowns: list[str], v: torch.Tensor) -> dict[str, float]:
     return {name: (round(a, 12) if abs(a) > 1e-12 else 0.0) for name, a in zip(unknowns, values)}
 
 
-def _consistent(system: _System, jac: torch.Tensor, tol: float) -> bool:
+def is_consistent(system: System, jac: torch.Tensor, tol: float) -> bool:
     """Closed-form check of a linear system: does the least-squares point satisfy every equation?
 
     Computed beside the optimizer (as exact.py does for fits), never instead of it.
@@ -125,7 +126,7 @@ def _count(k: int, noun: str) -> str:
     return f"{word} {noun}" + ("" if k == 1 else "s")
 
 
-def _describe(
+def describe(
     *,
     linear,
     consistent,

@@ -11,10 +11,10 @@ from gradfit.expr.nodes import Equation
 if TYPE_CHECKING:  # pragma: no cover (torch is imported where a solve starts, for start-up time)
     import torch
 
-_EPS = 2.220446049250313e-16  # float64 machine epsilon
+EPS = 2.220446049250313e-16  # float64 machine epsilon
 
 
-class _System:
+class System:
     """Residuals of the parsed equations as a function of one float64 vector of unknowns."""
 
     def __init__(self, equations: list[Equation], unknowns: list[str]):
@@ -49,14 +49,47 @@ class _System:
         return jacobian(self.residuals, x.detach()).reshape(len(self.equations), len(x))
 
 
-def _finite(loss: float, grad: torch.Tensor) -> bool:
+class Objective:
+    """The closure an optimizer calls: the loss sum(r**2) at the parameter ``x``, its gradient
+    left in ``x.grad`` by ``backward()``; the residuals (m,) of the last evaluation are kept."""
+
+    def __init__(self, system: System, x: torch.Tensor):
+        self.system = system
+        self.x = x  # (n,) float64 leaf tensor with requires_grad
+        self.at: torch.Tensor | None = None  # where the last evaluation was
+        self.residuals: torch.Tensor | None = None
+
+    def __call__(self) -> torch.Tensor:
+        import torch
+
+        x = self.x
+        x.grad = None
+        r = self.system.residuals(x)
+        loss = (r * r).sum()
+        if loss.requires_grad:
+            loss.backward()
+        if x.grad is None:  # no equation depends on the unknowns (or on some of them)
+            x.grad = torch.zeros_like(x)
+        self.at, self.residuals = x.detach().clone(), r.detach()
+        return loss.detach()
+
+    def residuals_here(self) -> torch.Tensor:
+        """The residuals at the parameter's current value (the last evaluation's, if it was there)."""
+        import torch
+
+        if self.at is not None and torch.equal(self.at, self.x.detach()):
+            return self.residuals
+        return self.system.residuals(self.x.detach()).detach()
+
+
+def finite(loss: float, grad: torch.Tensor) -> bool:
     import torch
 
     return math.isfinite(loss) and bool(torch.isfinite(grad).all())
 
 
 @dataclass
-class _Run:
+class Run:
     """One optimizer run from one start."""
 
     x: torch.Tensor
@@ -65,5 +98,6 @@ class _Run:
     iterations: int
     converged: bool
     stopped: str  # "residuals", "stationary", "stalled", "max_iter"
+
 
 

@@ -105,96 +105,37 @@ class LBFGS:
     def step(self, closure):  # type: ignore[override]
         """Up to max_iter L-BFGS iterations; returns the loss at the starting point."""
         group = self.param_groups[0]
-        # A closure that says its loss is a quadratic (fastopt.LinearMSE: a linear model's mean squared
+        # A closure that says its loss is a quadratic (models.passes.LinearMSE: a linear model's mean squared
         # error) gets exact line searches from one evaluation each (see _exact_step).
         quadratic = bool(getattr(closure, "quadratic", False))
-        closure = torch.enable_grad()(closure)
         state = self.state.setdefault(self._params[0], {})
-        s_hist: list = state.setdefault("s", [])
-        y_hist: list = state.setdefault("y", [])
-        state.setdefault("n_iter", 0)
-        state.setdefault("func_evals", 0)
+        for key, empty in (("s", []), ("y", []), ("n_iter", 0), ("func_evals", 0)):
+            state.setdefault(key, empty)
         state["stalled"] = False
-
-        evals = 1
-
-        def evaluate(x: torch.Tensor):
-            nonlocal evals
-            self._set_params(x)
-            f = float(closure().detach())
-            state["func_evals"] += 1
-            evals += 1
-            return f, self._flat_grad()
-
-        def budget() -> int:
-            return min(group["max_ls"], group["max_eval"] - evals)
-
+        evals = _Evaluations(self, torch.enable_grad()(closure), state)
         x = self._flat_params()
-        end = self._end
-        reused = end is not None and end[0].shape == x.shape and torch.equal(end[0], x)
-        if reused:
-            # Where the last step ended (nothing moved the parameters since): its loss and gradient
-            # are known, even where that point was never evaluated (see _exact_step).
-            f, g = end[1], end[2]
-            f0_loss = torch.tensor(f, dtype=x.dtype)
-            evals = 0
-        else:
-            f0_loss = closure().detach()
-            state["func_evals"] += 1
-            f, g = float(f0_loss), self._flat_grad()
-        eps = torch.finfo(x.dtype).eps
+        reused, f, g, f0_loss = self._start(x, evals)
         it = 0
         while it < group["max_iter"]:
             it += 1
-            if budget() <= 0:
+            if evals.budget() <= 0:
                 break
             if not math.isfinite(f) or not bool(g.abs().max() > 0):
                 break  # a non-finite loss is the caller's to report; a zero gradient is a minimum
-            d = self._direction(g, s_hist, y_hist, state)
-            gtd = float(g.dot(d))
-            if not gtd < 0:  # the memory gave no descent direction: forget it
-                s_hist.clear(), y_hist.clear()
-                d, gtd = -g * state.get("h_diag", 1.0), -float(g.dot(g)) * state.get("h_diag", 1.0)
-            if state["n_iter"] == 0:
-                t0 = min(1.0, 1.0 / float(g.abs().sum())) * group["lr"]
-            else:
-                t0 = group["lr"]
-            found = (_exact_step(lambda t: evaluate(x + t * d), f, g, d, gtd, t0, _noise(x.dtype) * abs(f))
-                     if quadratic and budget() >= 2 else None)
-            if found is None:
-                found = _line_search(lambda t: evaluate(x + t * d), f, g, d, gtd, t0, _noise(x.dtype) * abs(f), budget())
-            if found is None and reused and budget() > 0:
+            found, d = self._search(evals, x, f, g, quadratic)
+            if found is None and reused and evals.budget() > 0:
                 # Nothing acceptable from a starting point that was taken over, not evaluated:
                 # evaluate it and try again before calling the point stationary.
                 reused, it = False, it - 1
-                self._set_params(x)
-                f = float(closure().detach())
-                state["func_evals"] += 1
-                evals += 1
-                g = self._flat_grad()
+                f, g = evals(x)
                 continue
-            if found is None and s_hist and budget() > 0:
-                # Retry once along the steepest descent, without the memory.
-                s_hist.clear(), y_hist.clear()
-                h = state.get("h_diag", 1.0)
-                d, gtd = -g * h, -float(g.dot(g)) * h
-                found = _line_search(lambda t: evaluate(x + t * d), f, g, d, gtd, group["lr"], _noise(x.dtype) * abs(f), budget())
+            if found is None and state["s"] and evals.budget() > 0:
+                found, d = self._steepest(evals, x, f, g)
             if found is None:
-                state["stalled"] = budget() > 0  # not merely out of evaluations
+                state["stalled"] = evals.budget() > 0  # not merely out of evaluations
                 break
             reused = False
-            t, f_new, g_new = found
-            s, yv = t * d, g_new - g
-            x = x + s
-            state["n_iter"] += 1
-            sy = float(s.dot(yv))
-            # Keep a pair only with clear positive curvature (relative, so pairs near the minimum count too).
-            if sy > eps * float(s.norm() * yv.norm()) and sy > 0:
-                if len(s_hist) == group["history_size"]:
-                    s_hist.pop(0), y_hist.pop(0)
-                s_hist.append(s), y_hist.append(yv)
-                state["h_diag"] = sy / float(yv.dot(yv))
-            f, g = f_new, g_new
+            x, f, g = self._accept(state, x, d, g, found)
         # The parameters hold the last accepted point (a line search leaves them at its last trial).
         self._set_params(x)
         # The loss and largest gradient component there (evaluated, or exact for a quadratic), for
@@ -202,6 +143,61 @@ class LBFGS:
         self.last = (f, float(g.abs().max()))
         self._end = (x.clone(), f, g.clone())
         return f0_loss
+
+    def _start(self, x: torch.Tensor, evals: _Evaluations):
+        """(reused, loss, gradient, loss as a tensor) at the starting point x."""
+        end = self._end
+        reused = end is not None and end[0].shape == x.shape and torch.equal(end[0], x)
+        if reused:
+            # Where the last step ended (nothing moved the parameters since): its loss and gradient
+            # are known, even where that point was never evaluated (see _exact_step).
+            f0_loss = torch.tensor(end[1], dtype=x.dtype)
+            evals.count = 0
+            return True, end[1], end[2], f0_loss
+        f0_loss = evals.closure().detach()
+        evals.state["func_evals"] += 1
+        return False, float(f0_loss), self._flat_grad(), f0_loss
+
+    def _search(self, evals: _Evaluations, x, f: float, g, quadratic: bool):
+        """A step along the quasi-Newton direction: ((step, loss, grad) or None, the direction)."""
+        state = evals.state
+        d = self._direction(g, state["s"], state["y"], state)
+        gtd = float(g.dot(d))
+        if not gtd < 0:  # the memory gave no descent direction: forget it
+            state["s"].clear(), state["y"].clear()
+            d, gtd = -g * state.get("h_diag", 1.0), -float(g.dot(g)) * state.get("h_diag", 1.0)
+        lr = self.param_groups[0]["lr"]
+        t0 = min(1.0, 1.0 / float(g.abs().sum())) * lr if state["n_iter"] == 0 else lr
+        phi, eps_f = evals.along(x, d), _noise(x.dtype) * abs(f)
+        found = _exact_step(phi, f, g, d, gtd, t0, eps_f) if quadratic and evals.budget() >= 2 else None
+        if found is None:
+            found = _line_search(phi, f, g, d, gtd, t0, eps_f, evals.budget())
+        return found, d
+
+    def _steepest(self, evals: _Evaluations, x, f: float, g):
+        """Retry once along the steepest descent, without the memory: (found, the direction)."""
+        state = evals.state
+        state["s"].clear(), state["y"].clear()
+        h = state.get("h_diag", 1.0)
+        d, gtd = -g * h, -float(g.dot(g)) * h
+        lr = self.param_groups[0]["lr"]
+        return _line_search(evals.along(x, d), f, g, d, gtd, lr, _noise(x.dtype) * abs(f), evals.budget()), d
+
+    def _accept(self, state: dict, x, d, g, found):
+        """Move to the step found; keep its curvature pair. Returns (x, loss, gradient) there."""
+        t, f_new, g_new = found
+        s, yv = t * d, g_new - g
+        x = x + s
+        state["n_iter"] += 1
+        sy = float(s.dot(yv))
+        # Keep a pair only with clear positive curvature (relative, so pairs near the minimum count too).
+        if sy > torch.finfo(x.dtype).eps * float(s.norm() * yv.norm()) and sy > 0:
+            s_hist, y_hist = state["s"], state["y"]
+            if len(s_hist) == self.param_groups[0]["history_size"]:
+                s_hist.pop(0), y_hist.pop(0)
+            s_hist.append(s), y_hist.append(yv)
+            state["h_diag"] = sy / float(yv.dot(yv))
+        return x, f_new, g_new
 
     @staticmethod
     def _direction(g, s_hist, y_hist, state) -> torch.Tensor:
@@ -218,6 +214,33 @@ class LBFGS:
             b = rho * float(y.dot(r))
             r = r + (a - b) * s
         return r
+
+
+class _Evaluations:
+    """The closure's evaluations within one step, counted against ``max_eval``."""
+
+    def __init__(self, optimizer: LBFGS, closure, state: dict):
+        self.optimizer = optimizer
+        self.closure = closure
+        self.state = state
+        self.group = optimizer.param_groups[0]
+        self.count = 1  # the starting point's (0 where it is taken over from the last step)
+
+    def __call__(self, x: torch.Tensor):
+        """(loss, flat gradient) with the parameters set to x."""
+        self.optimizer._set_params(x)
+        f = float(self.closure().detach())
+        self.state["func_evals"] += 1
+        self.count += 1
+        return f, self.optimizer._flat_grad()
+
+    def along(self, x: torch.Tensor, d: torch.Tensor):
+        """phi(t): the evaluation at x + t * d (x and d bound here, not read later)."""
+        return lambda t: self(x + t * d)
+
+    def budget(self) -> int:
+        """Evaluations the next line search may use."""
+        return min(self.group["max_ls"], self.group["max_eval"] - self.count)
 
 
 def _exact_step(phi, f0, g0, d, dphi0, t, eps_f):

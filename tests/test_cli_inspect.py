@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import CONFIGS, DATA, small_config
-from gradfit.cli.inspect import example_config, sample_data
+from gradfit.config.templates import example_config, sample_data
 from gradfit.results import compare
 
 

@@ -1,4 +1,5 @@
-"""Reading a user's input files safely: regular files only, a size limit, OS errors in words.
+"""Reading a user's input files safely (regular files only, a size limit, OS errors in words);
+writing files whole (atomically).
 
 A FIFO would block a read forever and a device (``/dev/zero``) never ends, so an input
 is checked with ``os.stat`` after resolving symlinks, before anything is read.
@@ -6,9 +7,11 @@ is checked with ``os.stat`` after resolving symlinks, before anything is read.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 from gradfit.errors import GradfitError
@@ -76,3 +79,24 @@ def read_text_input(path: str | Path, what: str, error: type[GradfitError] = Gra
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise error(f"{p}: not a text file (it is not valid UTF-8)") from None
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary path beside ``path``; on success rename it over ``path`` (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")

@@ -12,18 +12,10 @@ from typing import Callable, Optional
 import torch
 
 from gradfit.errors import GradfitError, TrainingError
+from gradfit.torchrun import env_rank, env_world_size  # (torch-free: the CLI reads the rank first)
 
 # Seconds a collective may wait for the other ranks before the run fails (instead of hanging).
 DEFAULT_TIMEOUT_S = 600
-
-
-def env_rank() -> int:
-    """This process's rank as torchrun set it (0 without torchrun). No torch.distributed needed."""
-    return int(os.environ.get("RANK", "0") or 0)
-
-
-def env_world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
 def timeout_seconds() -> float:

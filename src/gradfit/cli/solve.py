@@ -11,7 +11,7 @@ from typing import List, Optional
 import typer
 
 from gradfit.cli.common import app, imports_done, stdout_console, user_errors
-from gradfit.errors import EquationError, SolveError
+from gradfit.errors import SolveError
 
 
 class Optimizer(str, Enum):
@@ -74,63 +74,22 @@ def solve_equations(
 
     Example: gradfit solve-equations "A + B = 9" "C - D = 1" "A + C = 8" "B - D = 2"
     """
-    from gradfit.equations.files import read_equation_file
+    from gradfit.equations.inputs import gather_inputs
     from gradfit.equations.solver import solve
 
     imports_done()
     for text in equations or []:
         if re.match(r"--[A-Za-z]", text):
             raise typer.BadParameter(f"no such option: {text.split('=')[0]}")
-    texts: list[str] = []
-    labels: list[str] = []
-    start: dict[str, float] = {}
-    if file is not None:
-        loaded = read_equation_file(file)
-        texts, labels, start = list(loaded.equations), list(loaded.labels), dict(loaded.initial)
-    for i, text in enumerate(equations or [], 1):
-        texts.append(text)
-        labels.append(f"equation {i}" if file is None else f"argument {i}")
-    start.update(_assignments(initial))
-    if not texts:
-        raise EquationError(
-            "no equations given",
-            hint="gradfit solve-equations 'x + y = 3' 'x - y = 1', or --file FILE",
-        )
-    result = solve(
-        texts,
-        initial=start,
-        init=init.value,
-        seed=seed,
-        optimizer=optimizer.value,
-        lr=lr,
-        max_iter=max_iter,
-        tol=tol,
-        starts=starts,
-        labels=labels,
-    )
+    given = gather_inputs(equations or [], file, initial)
+    result = solve(given.equations, initial=given.initial, init=init.value, seed=seed, optimizer=optimizer.value,
+                   lr=lr, max_iter=max_iter, tol=tol, starts=starts, labels=given.labels)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2, allow_nan=False))
     else:
         _render(result)
     if not result.solved:
         raise SolveError(result.note, hint=result.hint)
-
-
-def _assignments(items: List[str]) -> dict[str, float]:
-    """--initial NAME=VALUE options as a dict."""
-    values: dict[str, float] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        try:
-            number = float(value)
-        except ValueError:
-            number = None
-        if not sep or not name.strip() or number is None:
-            raise EquationError(
-                f"--initial expects NAME=VALUE, not '{item}'", hint="e.g. --initial x=1.5"
-            )
-        values[name.strip()] = number
-    return values
 
 
 def _number(value: float) -> str:

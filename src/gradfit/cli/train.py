@@ -179,28 +179,16 @@ def train(
         )
     if resume is not None and (out is not None or force):
         raise typer.BadParameter("--resume continues in the run's own directory; drop --out/--force", param_hint="--resume")
-    if _rank() != 0:  # under torchrun: ranks other than 0 train in step with rank 0 and print nothing
-        return _follower(_rank(), config, set_, out, force, resume)
+    from gradfit.train.distributed import is_follower
+
+    if is_follower():  # under torchrun: ranks other than 0 train in step with rank 0 and print nothing
+        return _follower(config, set_, out, force, resume)
     from gradfit.results import plots
 
     plots.start_helper()  # matplotlib loads on another core while torch loads here (see gradfit.results.plots)
     stop = StopOnSignal()
     try:
-        from gradfit.train import run as api
-
-        imports_done()
-        if resume is not None:
-            from gradfit.train.resume import load_run
-
-            total = load_run(resume, set_)[0].train.epochs
-            with Progress(total, quiet or json_out) as progress:
-                run = api.resume(resume, set_, on_epoch=progress, should_stop=stop, on_start=stop.install)
-        else:
-            from gradfit.config.loading import load_config
-
-            cfg = load_config(config, set_)
-            with Progress(cfg.train.epochs, quiet or json_out) as progress:
-                run = api.train(cfg, out=out, force=force, on_epoch=progress, should_stop=stop, on_start=stop.install)
+        run = _run(config, set_, out, force, resume, quiet or json_out, stop)
     except KeyboardInterrupt:
         if stop.received is None:  # before training began (reading the data): nothing was written
             stderr_console().print("[bold red]aborted[/] before training started; no run directory was written")
@@ -226,8 +214,28 @@ def train(
         )
 
 
+def _run(config, set_, out, force, resume, quiet: bool, stop: StopOnSignal):
+    """A new run (or ``resume``'s) trained with a progress bar; the Run."""
+    from gradfit.train import run as api
+
+    imports_done()
+    if resume is not None:
+        from gradfit.train.resume import load_run
+
+        total = load_run(resume, set_)[0].train.epochs
+        with Progress(total, quiet) as progress:
+            return api.resume(resume, set_, on_epoch=progress, should_stop=stop, on_start=stop.install)
+    from gradfit.config.loading import load_config
+
+    cfg = load_config(config, set_)
+    with Progress(cfg.train.epochs, quiet) as progress:
+        return api.train(cfg, out=out, force=force, on_epoch=progress, should_stop=stop, on_start=stop.install)
+
+
 def render_summary(console, run) -> None:
     """The end-of-training summary: how it ended, metrics, the equation, where the files are."""
+    from gradfit.optim.steppers import facts  # (torch is loaded by now: the run has trained)
+
     m = run.metrics
     for note in run.notes:
         stderr_console().print(f"[yellow]note:[/] {note}")
@@ -235,7 +243,7 @@ def render_summary(console, run) -> None:
     console.print(
         f"[bold]{run.config.name}[/]: {run.config.model.kind} model, {run.config.loss.kind} loss, "
         f"{run.config.optimizer.kind}"
-        + ("" if run.config.optimizer.kind == "lm" else f" (lr {fmt(m['lr'], 4)})")  # lm: no learning rate
+        + (f" (lr {fmt(m['lr'], 4)})" if facts(run.config.optimizer.kind).has_lr else "")
         + f" on {m['device']}"
     )
     if m.get("best_epoch") is not None and m["stop_reason"] == "early_stopping":
@@ -255,15 +263,16 @@ def render_summary(console, run) -> None:
     elif run.coefficients.get("model") == "formula":
         console.print(f"[bold]{run.coefficients['formula']}[/]", soft_wrap=True)
     if "std_errors" in run.coefficients or run.coefficients.get("model") == "formula":
-        table = coefficient_table(run.coefficients)
+        table, notes = coefficient_table(run.coefficients)
         console.print(table)
-        for line in getattr(table, "notes", ()):
+        for line in notes:
             console.print(line, soft_wrap=True)
     console.print(f"run directory: {run.run_dir}", soft_wrap=True)
 
 
 def coefficient_table(c: dict):
-    """Each coefficient (or formula parameter) with its standard error and 95% interval, when known."""
+    """Each coefficient (or formula parameter) with its standard error and 95% interval, when known,
+    and the lines printed under the table, left-aligned (a rich caption is centred)."""
     from rich.table import Table
 
     values = dict(c["parameters"]) if c.get("model") == "formula" else {
@@ -272,16 +281,16 @@ def coefficient_table(c: dict):
     table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
     for col in ("coefficient", "value", "std error", "95% interval"):
         table.add_column(col, justify="left" if col == "coefficient" else "right")
-    table.notes = []  # lines printed under the table, left-aligned (a rich caption is centred)
+    notes = []
     for i, (k, v) in enumerate(values.items()):
         if i == MAX_COEFFICIENT_ROWS:
-            table.notes.append(f"... and {len(values) - i} more coefficients in coefficients.json")
+            notes.append(f"... and {len(values) - i} more coefficients in coefficients.json")
             break
         interval = fmt_interval(*ci[k]) if k in ci else "-"
         table.add_row(k, fmt(v, 10), fmt(se.get(k), 5), interval)
     if "residual_sd" in c:
-        table.notes.append(f"residual sd {fmt(c['residual_sd'])} on {c['dof']} degrees of freedom")
-    return table
+        notes.append(f"residual sd {fmt(c['residual_sd'])} on {c['dof']} degrees of freedom")
+    return table, notes
 
 
 def fmt_interval(low, high) -> str:
@@ -312,17 +321,6 @@ def fmt_interval(low, high) -> str:
 MAX_COEFFICIENT_ROWS = 20  # the summary's coefficient table; coefficients.json has them all
 
 
-# Seconds a rank other than 0 leaves an error found before the ranks connect to rank 0 (see _follower).
-FOLLOWER_GRACE = 10.0
-
-
-def _rank() -> int:
-    """torchrun's RANK (0 without torchrun)."""
-    import os
-
-    return int(os.environ.get("RANK", "0") or 0)
-
-
 class _QuietStop(StopOnSignal):
     """StopOnSignal for ranks other than 0: rank 0 says what is happening."""
 
@@ -335,47 +333,20 @@ class _QuietStop(StopOnSignal):
         self.received = signal.Signals(signum).name
 
 
-def _follower(rank: int, config, set_, out, force, resume) -> None:
-    """A rank other than 0: the same training, no output; torchrun's exit code is rank 0's.
-
-    Errors agreed on by the ranks (distributed.Dist.agree) are reported by rank 0 alone. An error
-    found before the ranks connect (the config, the run directory to resume) is left to rank 0
-    for a while (it reads the same files, reports and exits, and torchrun then stops this rank);
-    if rank 0 has not stopped by then, the error was this rank's alone and it says so itself.
-    """
-    import time
-
-    from gradfit.config.loading import load_config
-    from gradfit.errors import GradfitError
-    from gradfit.parallel import RankFailed
-    from gradfit.train import run as api
+def _follower(config, set_, out, force, resume) -> None:
+    """A rank other than 0 (gradfit.train.distributed.follow): no output; its outcome as the exit code."""
+    from gradfit.train import distributed, run  # noqa: F401 (run: loaded before the collector is back on, see imports_done)
 
     imports_done()
     stop = _QuietStop()
-    started: list = []  # training began: the ranks are connected
-
-    def on_start(prep) -> None:
-        started.append(True)
-        stop.install(prep)
-
     try:
-        if resume is not None:
-            run = api.resume(resume, set_, should_stop=stop, on_start=on_start)
-        else:
-            run = api.train(load_config(config, set_), out=out, force=force, should_stop=stop, on_start=on_start)
+        outcome = distributed.follow(config, set_, out=out, force=force, resume=resume, should_stop=stop,
+                                     on_start=stop.install)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
-    except GradfitError as err:
-        if getattr(err, "shared", False):
-            # Rank 0 reports it and exits with its code, which becomes torchrun's. Exiting 0 here
-            # lets it: a failed rank makes torchrun stop the others at once, maybe before rank 0 prints.
-            raise typer.Exit(0) from None
-        if not started:  # found before training began (the config, the device, the run to resume): rank 0's to say
-            time.sleep(FOLLOWER_GRACE)
-        if not isinstance(err, RankFailed):
-            err.message = f"rank {rank}: {err.message}"
-        raise
     finally:
         stop.restore()
-    if run.metrics["stop_reason"] == "interrupted":
+    if outcome == distributed.INTERRUPTED:
         raise typer.Exit(130)
+    if outcome == distributed.LEFT_TO_RANK_0:
+        raise typer.Exit(0)

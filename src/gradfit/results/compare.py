@@ -162,3 +162,97 @@ def _comparable(v: Any) -> bool:
     if isinstance(v, float):
         return not math.isnan(v)  # NaN sorts nowhere: treat it as missing
     return v is not None
+
+
+# ---------------------------------------------------------------- the runs table's cells
+
+SETUP = {"model": "model", "loss": "loss", "optimizer": "opt"}  # record key -> column header
+STOP_SHORT = {"max_epochs": "max", "tolerance": "tol", "early_stopping": "es", "interrupted": "int"}
+STOP_WORDS = {"max": "epochs cap", "tol": "tolerance met", "es": "early stopping", "int": "interrupted"}
+
+
+@dataclass
+class RunsTable:
+    """The runs as text cells that fit a width: headers, rows, the run names' width and the caption lines."""
+
+    columns: list[str]
+    rows: list[list[str]]
+    run_width: int
+    caption: list[str]
+
+    def is_text(self, i: int) -> bool:
+        """Whether column ``i`` holds words (left-aligned) rather than numbers."""
+        return i == 0 or self.columns[i] in SETUP.values() or self.columns[i] == "date"
+
+
+def tabulate_runs(records: list[dict], sort: str, width: int = 80) -> RunsTable:
+    """Run records as table cells in ``width`` columns (80 for the usual runs: long names are cut).
+
+    Model, loss and optimizer get a column only where the runs differ; what they all
+    share is said in the caption, with the stop reasons' abbreviations.
+    """
+    shared = {k: records[0][k] for k in SETUP if len({str(r[k]) for r in records}) == 1}
+    columns = ["run"] + [h for k, h in SETUP.items() if k not in shared] + ["epochs"]
+    for s in ("val", "train"):
+        for m in ("r2", "loss"):
+            key = f"{s}.{m}"
+            columns.append(f"{s}\n{m}" + ((" v" if descending(key) else " ^") if key == sort else ""))
+    columns.append("date")
+    rows = [_cells(r, shared, str(_dt.date.today().year)) for r in records]
+    natural = [max([len(line) for line in h.split("\n")] + [len(row[i]) for row in rows]) for i, h in enumerate(columns)]
+    if sum(natural[1:]) + len(columns) - 1 + min(natural[0], 10) > width:
+        # Too narrow (runs that differ in model, loss and optimizer): the time of today's runs, the day of older ones.
+        today = _dt.date.today().isoformat()
+        for row, r in zip(rows, records):
+            row[-1] = r["date"][11:16] if r["date"][:10] == today else r["date"][:10]
+        natural[-1] = max([4] + [len(row[-1]) for row in rows])
+    dropped = []
+    if sum(natural[1:]) + len(columns) - 1 + min(natural[0], 12) > width:
+        # Still too narrow: the run names matter more than their dates (which --json keeps).
+        columns, natural, rows = columns[:-1], natural[:-1], [row[:-1] for row in rows]
+        dropped.append("dates left out to fit the width (see --json)")
+    # The run names take what the other columns leave (one space between columns), at least 6.
+    run_width = max(6, min(natural[0], width - sum(natural[1:]) - (len(columns) - 1)))
+    for row in rows:  # cut long names in the middle: their ends (quadratic-2, -3, ...) tell runs apart
+        if len(row[0]) > run_width:
+            head = (run_width - 1) // 2
+            row[0] = row[0][:head] + "…" + row[0][len(row[0]) - (run_width - 1 - head):]
+    said = [f"{_short_model(shared['model'])} model"] if "model" in shared else []
+    said += [f"{k} {shared[k]}" for k in ("loss", "optimizer") if k in shared]
+    stops = sorted({row[columns.index("epochs")].split()[-1] for row in rows} & set(STOP_WORDS))
+    caption = dropped + (["all runs: " + ", ".join(said)] if said else []) + (
+        ["stopped: " + ", ".join(f"{s} = {STOP_WORDS[s]}" for s in stops)] if stops else [])
+    return RunsTable(columns, rows, run_width, caption)
+
+
+def _cells(r: dict, shared: dict, this_year: str) -> list[str]:
+    """One run's row: name, the setup where runs differ, epochs and stop reason, metrics, date."""
+    cells = [r["name"]] + [_short_model(r[k]) if k == "model" else str(r[k] or "-") for k in SETUP if k not in shared]
+    cells.append(f"{_g(r['epochs'])} {STOP_SHORT.get(r['stop_reason'], str(r['stop_reason'] or '-'))}")  # 812 tol
+    for s in ("val", "train"):
+        m = r.get(s) or {}
+        cells += [_r2(m.get("r2")), _g(m.get("loss"), 3)]
+    date = r["date"]  # ISO 8601, local time; as ls -l: this year's with the time, older with the year
+    cells.append(date[5:16].replace("T", " ") if date.startswith(this_year) else date[:10])
+    return cells
+
+
+def _g(v, digits: int = 6) -> str:
+    """A number to ``digits`` significant digits ('-' for missing), as the CLI's fmt."""
+    if v is None:
+        return "-"
+    return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+
+
+def _short_model(kind: str | None) -> str:
+    """polynomial(3) -> poly3: the table is narrow."""
+    if kind and kind.startswith("polynomial(") and kind.endswith(")"):
+        return "poly" + kind[len("polynomial("):-1]
+    return str(kind or "-")
+
+
+def _r2(v) -> str:
+    """R^2 with the digits that tell near-perfect fits apart (0.99998 vs 0.99999)."""
+    if v is None:
+        return "-"
+    return f"{v:.5f}" if v > -10 else f"{v:.3g}"

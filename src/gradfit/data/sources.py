@@ -30,6 +30,7 @@ class RowSource(Protocol):
     """The rows of a run, in raw (original-unit) float64 blocks of this rank."""
 
     dist: Dist  # sums over the ranks (SINGLE in one process: the identity)
+    streamed: bool  # the training batches are read from disk each epoch (the loop asks the source for them)
 
     def chunks(self, which: str) -> Iterator[Chunk]:
         """(X, y) blocks of this rank's rows of one set ("train", "val" or "test")."""
@@ -62,6 +63,7 @@ class ChunkedRows:
     """What every source derives from ``chunks``, ``counts`` and ``dist`` (the protocol's shared half)."""
 
     dist: Dist = SINGLE
+    streamed = False  # True for a source whose training batches are read from disk each epoch
     counts: dict  # rows of each set over all ranks, counted once when the source is made
     _raw: Optional[tuple] = None  # moments() of the raw columns, once computed (the rows do not change)
 

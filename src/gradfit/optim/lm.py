@@ -156,7 +156,6 @@ class LevenbergMarquardt(OptimizerBase):
         ``dist`` (parallel.Dist): Z and y are this rank's rows; every rank takes the same step, and
         an error on one rank is raised on every rank (SINGLE, one process: the identity).
         """
-        dist = SINGLE if dist is None else dist  # (optim.steppers passes None for one process, for now)
         total = dist.sum  # a sum over all rows
 
         residuals = self._residual_fn(head, Z, y)

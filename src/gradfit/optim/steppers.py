@@ -21,6 +21,7 @@ import torch
 from gradfit.data.batches import shuffled_batches
 from gradfit.models.heads import LinearHead
 from gradfit.models.passes import MLPMSE, LinearMSE
+from gradfit.parallel import SINGLE
 from gradfit.threads import SMALL_BATCH_VALUES, single_threaded
 
 
@@ -59,14 +60,34 @@ def monotone(head, loss_fn, optimizer) -> bool:
     return type(head) is LinearHead and loss_fn is torch.nn.functional.mse_loss and not group.get("momentum")
 
 
+class _TensorsOnly:
+    """The source of rows given as tensors only (tests, benchmarks): one process, in memory."""
+
+    dist = SINGLE
+    streamed = False
+
+
 @dataclass
 class TrainRows:
     """Where the training rows are: tensors on the device (``data``: Z, y, Z_val, y_val in scaled
-    units), over torchrun's ranks as well (``dist``), or streamed from Parquet (``stream``)."""
+    units), this rank's share of them when the source spans torchrun's ranks, or batches the source
+    reads from Parquet each epoch (a source whose ``streamed`` is true: train.streamed.ParquetStream)."""
 
     data: Any  # train.loop.TrainData
-    dist: Any = None  # parallel.Dist
-    stream: Any = None  # train.streamed.ParquetStream
+    source: Any = None  # data.sources.RowSource, as chosen in train.run.prepare (default: these tensors alone)
+
+    def __post_init__(self):
+        if self.source is None:
+            self.source = _TensorsOnly()
+
+    @property
+    def dist(self):
+        """The source's ranks (parallel.SINGLE in one process: every sum the identity)."""
+        return self.source.dist
+
+    @property
+    def streamed(self) -> bool:
+        return bool(getattr(self.source, "streamed", False))
 
     def threads(self):
         """A small design on the CPU trains on one thread (see threads.single_threaded).
@@ -75,7 +96,7 @@ class TrainRows:
         the threads' barrier (measured: an MLP on 480 rows took 60 s instead of 1 s on a loaded machine).
         """
         Z = self.data.Z
-        small = self.stream is None and Z.device.type == "cpu" and Z.numel() <= SMALL_BATCH_VALUES
+        small = not self.streamed and Z.device.type == "cpu" and Z.numel() <= SMALL_BATCH_VALUES
         return single_threaded() if small else contextlib.nullcontext()
 
 
@@ -121,7 +142,7 @@ class _InMemory(EpochStep):
     def target_sums(self) -> Optional[tuple[float, int]]:
         y = self.data.y
         sq, count = float(torch.linalg.vector_norm(y, dtype=torch.float64)) ** 2, int(y.numel())
-        if self.dist is not None:  # every rank: the sums over all rows
+        if self.dist.enabled:  # every rank: the sums over all rows
             sq, count = self.dist.sum(sq), self.dist.sum(count)
         return sq, count
 
@@ -149,7 +170,7 @@ class MiniBatchStep(_InMemory):
 
     def _batches(self, perm):
         data, dist = self.data, self.dist
-        if dist is None:
+        if not dist.enabled:
             return shuffled_batches(data.Z, data.y, perm, self.batch_size, self.gather)
         return ((data.Z[idx], data.y[idx]) for idx in dist.batches(perm, self.batch_size, self.n_all))
 
@@ -174,9 +195,9 @@ class MiniBatchStep(_InMemory):
                 optimizer.step()
                 total.add_(loss.detach(), alpha=yb.shape[0])
                 seen += yb.shape[0]
-                if should_stop is not None and seen < n and dist is None and should_stop():
+                if should_stop is not None and seen < n and not dist.enabled and should_stop():
                     break  # a long epoch must not delay an interrupt
-        return EpochOutcome(total / seen if dist is None else dist.sum(total) / dist.sum(seen))
+        return EpochOutcome(total / seen if not dist.enabled else dist.sum(total) / dist.sum(seen))
 
 
 class LBFGSStep(_InMemory):
@@ -234,21 +255,21 @@ def _autograd_closure(head, loss_fn, optimizer, Z, y):
 
 def _validation(head, loss_fn, rows: TrainRows, dist) -> Optional[Callable[[], Any]]:
     """The validation loss in scaled units, as a function of nothing (None: no validation rows)."""
-    data, stream = rows.data, rows.stream
-    if stream is not None:
+    data, stream = rows.data, (rows.source if rows.streamed else None)
+    if rows.streamed:
         has_val = stream.has_val
     else:
-        has_val = data.Z_val is not None and (data.Z_val.shape[0] if dist is None else dist.sum(data.Z_val.shape[0])) > 0
+        has_val = data.Z_val is not None and dist.sum(data.Z_val.shape[0]) > 0
     if not has_val:
         return None
     # The validation loss of a linear head with MSE in one pass (no module call, no graph).
-    if dist is None and stream is None and LinearMSE.applies(head, loss_fn, data.Z_val):
+    if not dist.enabled and not rows.streamed and LinearMSE.applies(head, loss_fn, data.Z_val):
         return LinearMSE(head, data.Z_val, data.y_val, remember=False).loss
 
     def val_loss():
         head.eval()
         with torch.no_grad():
-            val = stream.val_loss(head, loss_fn) if stream is not None else loss_fn(head(data.Z_val), data.y_val)
+            val = stream.val_loss(head, loss_fn) if rows.streamed else loss_fn(head(data.Z_val), data.y_val)
         head.train()
         return val
 
@@ -259,9 +280,9 @@ def make_epoch_step(head, loss_fn, optimizer, rows: TrainRows, *, kind: str, bat
                     generator: torch.Generator) -> EpochStep:
     """The epoch step for this optimizer kind and these rows: the one place that decides it."""
     data = rows.data
-    dist = rows.dist if rows.dist is not None and rows.dist.enabled else None
+    dist = rows.dist
     n = data.Z.shape[0]
-    n_all = n if dist is None else dist.sum(n)  # rows over all ranks: every rank takes the same branch
+    n_all = dist.sum(n)  # rows over all ranks: every rank takes the same branch
     full_batch = batch_size is None or batch_size >= n_all
     val = _validation(head, loss_fn, rows, dist)
     kf = facts(kind)
@@ -273,16 +294,16 @@ def make_epoch_step(head, loss_fn, optimizer, rows: TrainRows, *, kind: str, bat
 
 
 def _choose(head, loss_fn, optimizer, rows, dist, val, *, kind, batch_size, n_all, full_batch, generator) -> EpochStep:
-    data, stream = rows.data, rows.stream
-    if stream is not None:
-        return StreamedStep(head, loss_fn, optimizer, val, stream, batch_size, generator)
+    data = rows.data
+    if rows.streamed:
+        return StreamedStep(head, loss_fn, optimizer, val, rows.source, batch_size, generator)
     whole = full_batch or facts(kind).whole_design
     closure = _autograd_closure(head, loss_fn, optimizer, data.Z, data.y)
     # Linear head + MSE on the whole design: the same loss and gradient in one pass over it.
-    if dist is None and whole and LinearMSE.applies(head, loss_fn, data.Z):
+    if not dist.enabled and whole and LinearMSE.applies(head, loss_fn, data.Z):
         closure = LinearMSE(head, data.Z, data.y, remember=kind == "lbfgs")
     # An MLP (ReLU/tanh) with MSE: the same gradients as autograd's, without the graph (models.passes.MLPMSE).
-    mlp_step = MLPMSE(head) if dist is None and MLPMSE.applies(head, loss_fn, data.Z) else None
+    mlp_step = MLPMSE(head) if not dist.enabled and MLPMSE.applies(head, loss_fn, data.Z) else None
     if mlp_step is not None and whole:
         closure = functools.partial(mlp_step, data.Z, data.y)
     if kind == "lbfgs":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -32,5 +31,3 @@ class Prepared:
     load_seconds: float
     rows: RowSource  # where the rows live (in memory, torchrun shards, Parquet stream): chosen in run.prepare
     dist: Dist = SINGLE  # several processes under torchrun (parallel.py)
-    # data.streaming: the same object as ``rows``, for the loop's epochs read from Parquet (train/streamed.py)
-    stream: Optional[object] = None

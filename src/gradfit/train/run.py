@@ -232,7 +232,7 @@ def _train_prepared(prep: Prepared, run_dir, fresh, state, history, on_epoch, sh
         start = StartFrom(state.epoch if state is not None else 0, history, stop_state)
         # (Levenberg-Marquardt reduces its sums over the ranks itself: no DDP, no gradient hooks)
         head = prep.dist.wrap(model.head) if facts(kind).under_ddp else model.head
-        rows = TrainRows(data, prep.dist, prep.stream)
+        rows = TrainRows(data, prep.rows)
         result = fit(head, rows, prep.dist.wrap_loss(loss.scaled(y_scale)), opt, settings, callbacks, start)
         if run_dir is not None and "state" in final:
             rs.save_state(run_dir / rs.RESUME_NAME, final["state"])

@@ -30,6 +30,8 @@ from gradfit.parallel import Dist
 class ParquetStream(StreamRows):
     """The Parquet row source, with the training epochs over it that the loop calls."""
 
+    streamed = True  # the loop reads each epoch's batches from it (optim.steppers.StreamedStep)
+
     def __init__(self, cfg, dist: Dist):
         super().__init__(cfg, dist)
         self.model = None  # set once built: the passes that need the design use it
@@ -150,4 +152,4 @@ def prepare(cfg, dist: Dist, device: torch.device, t0: float):
     st = torch.from_numpy(sets.astype(np.int64))
     split = Split(*(torch.nonzero(st == s).flatten() for s in (TRAIN, VAL, TEST)))
     return Prepared(cfg, device, ds, split, model, data, losses.from_config(cfg), plan,
-                    time.perf_counter() - t0, stream, dist=dist, stream=stream)
+                    time.perf_counter() - t0, stream, dist=dist)

@@ -10,8 +10,8 @@ def main() -> None:
     # has imported what it works with (gradfit.cli.common.imports_done), which moves those objects
     # out of the collector's way for the rest of the run and turns it back on.
     gc.disable()
-    from gradfit import cli
-    from gradfit.cli import common
+    from gradfit import cli  # (imported here for start-up time)
+    from gradfit.cli import common  # (imported here for start-up time)
 
     common.GC_PAUSED = True
     cli.main()

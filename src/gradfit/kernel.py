@@ -14,7 +14,7 @@ def usable(module):
 def find():
     """(the kernel module or None, its state in words for ``gradfit --version``)."""
     try:
-        from gradfit import _fused
+        from gradfit import _fused  # (imported here for start-up time)
     except ImportError:
         return None, "not built (no C compiler at install: linear epochs use torch's products)"
     if usable(_fused) is None:

@@ -133,7 +133,7 @@ class Dist:
         """The head under DistributedDataParallel (gradients averaged over ranks after backward)."""
         if not self.enabled:
             return head
-        from torch.nn.parallel import DistributedDataParallel as DDP
+        from torch.nn.parallel import DistributedDataParallel as DDP  # (imported here for start-up time)
 
         on_cuda = self.device is not None and self.device.type == "cuda"
         return DDP(head, device_ids=[self.device.index] if on_cuda else None)
@@ -190,7 +190,7 @@ class Dist:
 
 
 def _error_classes():
-    from gradfit import errors
+    from gradfit import errors  # (imported here for start-up time)
 
     return [v for v in vars(errors).values() if isinstance(v, type) and issubclass(v, GradfitError)]
 
@@ -207,7 +207,7 @@ def setup(device: torch.device) -> Dist:
     world = env_world_size()
     if world <= 1:
         return SINGLE
-    import torch.distributed as td
+    import torch.distributed as td  # (imported here for start-up time)
 
     rank, local_rank = env_rank(), int(os.environ.get("LOCAL_RANK", "0") or 0)
     if device.type == "cuda":

@@ -43,20 +43,20 @@ def _root(
 
 def stderr_console():
     """A rich console on stderr (colour off with NO_COLOR or when not a terminal)."""
-    from rich.console import Console
+    from rich.console import Console  # (imported here for start-up time)
 
     return Console(stderr=True, highlight=False, no_color=bool(os.environ.get("NO_COLOR")))
 
 
 def stdout_console():
-    from rich.console import Console
+    from rich.console import Console  # (imported here for start-up time)
 
     return Console(highlight=False, no_color=bool(os.environ.get("NO_COLOR")))
 
 
 def fail(err: GradfitError) -> "typer.Exit":
     """Print a user error on stderr and return the Exit to raise (code 1, or the error's own)."""
-    from rich.markup import escape
+    from rich.markup import escape  # (imported here for start-up time)
 
     console = stderr_console()
     console.print(f"[bold red]error:[/] {escape(err.message)}")
@@ -67,7 +67,7 @@ def fail(err: GradfitError) -> "typer.Exit":
 
 def user_errors(fn: F) -> F:
     """Decorator: turn GradfitError into a message on stderr and its exit code; no traceback."""
-    import functools
+    import functools  # (imported here for start-up time)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -91,7 +91,7 @@ def imports_done() -> None:
     """
     global GC_PAUSED
     if GC_PAUSED:
-        import gc
+        import gc  # (imported here for start-up time)
 
         gc.freeze()
         gc.enable()

@@ -23,7 +23,7 @@ def eval_(
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object: {set: {loss, mse, rmse, mae, r2}}."),
 ) -> None:
     """Metrics of a saved model (loss, MSE, RMSE, MAE, R^2 in original units)."""
-    from gradfit.results.evaluate import evaluate
+    from gradfit.results.evaluate import evaluate  # (imported here for start-up time)
 
     imports_done()
     ev = evaluate(checkpoint, data)
@@ -31,7 +31,7 @@ def eval_(
     for note in ev.notes:
         err.print(f"[yellow]note:[/] {note}")
     if json_out:
-        from gradfit.results.rundir import to_json
+        from gradfit.results.rundir import to_json  # (imported here for start-up time)
 
         sys.stdout.write(to_json(ev.metrics))
         return
@@ -40,11 +40,11 @@ def eval_(
 
 def render_evaluation(console, ev) -> None:
     """What was evaluated, then one table row per set."""
-    from rich.markup import escape
-    from rich.table import Table
+    from rich.markup import escape  # (imported here for start-up time)
+    from rich.table import Table  # (imported here for start-up time)
 
-    from gradfit.cli.train import fmt
-    from gradfit.results.metrics import METRIC_KEYS
+    from gradfit.cli.train import fmt  # (imported here for start-up time)
+    from gradfit.results.metrics import METRIC_KEYS  # (imported here for start-up time)
 
     lm = ev.model
     held = "data" not in ev.metrics
@@ -73,7 +73,7 @@ def predict(
     ),
 ) -> None:
     """Predict every row of a data file: its columns plus a 'prediction' column, as CSV."""
-    from gradfit.results.evaluate import predict_file
+    from gradfit.results.evaluate import predict_file  # (imported here for start-up time)
 
     imports_done()
     res = predict_file(checkpoint, data, out=out, columns=columns or None)

@@ -30,9 +30,9 @@ def check(
     columns, the formula against the columns. The YAML goes to stdout (redirect it
     to keep it); the verdict to stderr. Exit 1 with train's message on a bad config.
     """
-    from rich.markup import escape
+    from rich.markup import escape  # (imported here for start-up time)
 
-    from gradfit.data.check import check_config
+    from gradfit.data.check import check_config  # (imported here for start-up time)
 
     checked = check_config(config, set_)
     sys.stdout.write(readable_yaml(checked.config.to_dict()))
@@ -41,7 +41,7 @@ def check(
 
 def readable_yaml(doc: dict) -> str:
     """YAML for people: a block per section, one key a line; lists of plain values on one line."""
-    import yaml
+    import yaml  # (imported here for start-up time)
 
     class Dumper(yaml.SafeDumper):
         pass
@@ -65,11 +65,11 @@ def init(
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
 ) -> None:
     """Write a commented example config (and its sample data) that `gradfit train` runs as is."""
-    import shlex
+    import shlex  # (imported here for start-up time)
 
-    from rich.markup import escape
+    from rich.markup import escape  # (imported here for start-up time)
 
-    from gradfit.config.templates import MODELS, write_example
+    from gradfit.config.templates import MODELS, write_example  # (imported here for start-up time)
 
     if model not in MODELS:
         raise typer.BadParameter(f"{model!r} is not one of: {', '.join(MODELS)}", param_hint="--model")
@@ -90,9 +90,9 @@ def schema() -> None:
     Point an editor at it with a first line  # yaml-language-server: $schema=gradfit.schema.json
     in the config (gradfit init writes it).
     """
-    import json
+    import json  # (imported here for start-up time)
 
-    from gradfit.config.schema import Config
+    from gradfit.config.schema import Config  # (imported here for start-up time)
 
     doc = {"$schema": "https://json-schema.org/draft/2020-12/schema", **Config.model_json_schema()}
     doc["title"] = "gradfit config"
@@ -115,7 +115,7 @@ def runs(
     json_out: bool = typer.Option(False, "--json", help="Print the runs as a JSON list of objects."),
 ) -> None:
     """List the finished runs under DIR (default runs/) as a table: model, metrics, date."""
-    from gradfit.results import compare
+    from gradfit.results import compare  # (imported here for start-up time)
 
     try:
         compare.check_sort_key(sort)
@@ -130,7 +130,7 @@ def runs(
         err.print(f"[yellow]note:[/] skipped {n} incomplete run director{'y' if n == 1 else 'ies'} "
                   f"(no metrics.json or config.yaml): {shown}", soft_wrap=True, markup=True, highlight=False)
     if json_out:
-        from gradfit.results.rundir import to_json
+        from gradfit.results.rundir import to_json  # (imported here for start-up time)
 
         sys.stdout.write(to_json(records))
         return
@@ -150,9 +150,9 @@ _TRAILING_SPACE = re.compile(r"[ \t]+((?:\x1b\[[0-9;]*m)*)$", re.MULTILINE)
 
 def runs_table(records: list[dict], sort: str, width: int = 80):
     """A rich table of run records in ``width`` columns (cells: gradfit.results.compare.tabulate_runs)."""
-    from rich.table import Table
+    from rich.table import Table  # (imported here for start-up time)
 
-    from gradfit.results.compare import tabulate_runs
+    from gradfit.results.compare import tabulate_runs  # (imported here for start-up time)
 
     cells = tabulate_runs(records, sort, width)
     table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True,

@@ -74,8 +74,8 @@ def solve_equations(
 
     Example: gradfit solve-equations "A + B = 9" "C - D = 1" "A + C = 8" "B - D = 2"
     """
-    from gradfit.equations.inputs import gather_inputs
-    from gradfit.equations.solver import solve
+    from gradfit.equations.inputs import gather_inputs  # (imported here for start-up time)
+    from gradfit.equations.solver import solve  # (imported here for start-up time)
 
     imports_done()
     for text in equations or []:
@@ -98,8 +98,8 @@ def _number(value: float) -> str:
 
 def _render(result) -> None:
     """Tables of the unknowns and residuals, then the diagnostic note."""
-    from rich.markup import escape
-    from rich.table import Table
+    from rich.markup import escape  # (imported here for start-up time)
+    from rich.table import Table  # (imported here for start-up time)
 
     console = stdout_console()
     values = Table()

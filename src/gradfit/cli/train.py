@@ -22,9 +22,9 @@ def fmt(v, digits: int = 6) -> str:
 
 def metrics_table(metrics: dict):
     """A rich table: one row per set, one column per metric."""
-    from rich.table import Table
+    from rich.table import Table  # (imported here for start-up time)
 
-    from gradfit.results.metrics import METRIC_KEYS
+    from gradfit.results.metrics import METRIC_KEYS  # (imported here for start-up time)
 
     table = Table(title=None, show_edge=False, pad_edge=False, box=None, header_style="bold")
     table.add_column("set")
@@ -48,7 +48,7 @@ def wrap_equation(eq: str, width: int = 80, max_lines: int = 8) -> list[str]:
     Continuation lines are indented under the first term; past ``max_lines`` the rest is
     counted, not shown (coefficients.json has every term).
     """
-    import re
+    import re  # (imported here for start-up time)
 
     head, sep, rhs = eq.partition(" = ")
     if not sep:
@@ -80,8 +80,8 @@ class Progress:
 
     def __enter__(self):
         if not self.quiet and self.console.is_terminal:
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-            from rich.progress import Progress as RP
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn  # (imported here for start-up time)
+            from rich.progress import Progress as RP  # (imported here for start-up time)
 
             self.bar = RP(
                 TextColumn("[bold]training"),
@@ -124,8 +124,8 @@ class StopOnSignal:
         return self.received is not None
 
     def install(self, *_args) -> None:
-        import signal
-        import threading
+        import signal  # (imported here for start-up time)
+        import threading  # (imported here for start-up time)
 
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread
@@ -134,7 +134,7 @@ class StopOnSignal:
             self._old[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        import signal
+        import signal  # (imported here for start-up time)
 
         if self.received is not None:
             self.restore()
@@ -145,7 +145,7 @@ class StopOnSignal:
         )
 
     def restore(self) -> None:
-        import signal
+        import signal  # (imported here for start-up time)
 
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
@@ -171,7 +171,7 @@ def train(
     Ctrl-C (or SIGTERM) stops after the current epoch, saves the run with
     stop_reason "interrupted" and exits with code 130; --resume RUN_DIR continues it.
     """
-    from gradfit.errors import Interrupted
+    from gradfit.errors import Interrupted  # (imported here for start-up time)
 
     if (config is None) == (resume is None):
         raise typer.BadParameter(
@@ -179,11 +179,11 @@ def train(
         )
     if resume is not None and (out is not None or force):
         raise typer.BadParameter("--resume continues in the run's own directory; drop --out/--force", param_hint="--resume")
-    from gradfit.train.distributed import is_follower
+    from gradfit.train.distributed import is_follower  # (imported here for start-up time)
 
     if is_follower():  # under torchrun: ranks other than 0 train in step with rank 0 and print nothing
         return _follower(config, set_, out, force, resume)
-    from gradfit.results import plots
+    from gradfit.results import plots  # (imported here for start-up time)
 
     plots.start_helper()  # matplotlib loads on another core while torch loads here (see gradfit.results.plots)
     stop = StopOnSignal()
@@ -199,7 +199,7 @@ def train(
         stop.restore()
         plots.stop_helper()  # a run that failed: no figures to wait for
     if json_out:
-        from gradfit.results.rundir import to_json
+        from gradfit.results.rundir import to_json  # (imported here for start-up time)
 
         sys.stdout.write(to_json({**run.metrics, "run_dir": str(run.run_dir)}))
     elif quiet:
@@ -216,16 +216,16 @@ def train(
 
 def _run(config, set_, out, force, resume, quiet: bool, stop: StopOnSignal):
     """A new run (or ``resume``'s) trained with a progress bar; the Run."""
-    from gradfit.train import run as api
+    from gradfit.train import run as api  # (imported here for start-up time)
 
     imports_done()
     if resume is not None:
-        from gradfit.train.resume import load_run
+        from gradfit.train.resume import load_run  # (imported here for start-up time)
 
         total = load_run(resume, set_)[0].train.epochs
         with Progress(total, quiet) as progress:
             return api.resume(resume, set_, on_epoch=progress, should_stop=stop, on_start=stop.install)
-    from gradfit.config.loading import load_config
+    from gradfit.config.loading import load_config  # (imported here for start-up time)
 
     cfg = load_config(config, set_)
     with Progress(cfg.train.epochs, quiet) as progress:
@@ -254,7 +254,7 @@ def render_summary(console, run) -> None:
         console.print(f"exact least squares: mse {fmt(m['exact']['loss'], 6)}, gap {m['exact']['gap']:.2e}")
     eq = run.coefficients.get("equation")
     if eq:
-        from rich.markup import escape
+        from rich.markup import escape  # (imported here for start-up time)
 
         for line in wrap_equation(eq, max(40, console.width)):
             console.print(f"[bold]{escape(line)}[/]", soft_wrap=True)
@@ -273,7 +273,7 @@ def render_summary(console, run) -> None:
 def coefficient_table(c: dict):
     """Each coefficient (or formula parameter) with its standard error and 95% interval, when known,
     and the lines printed under the table, left-aligned (a rich caption is centred)."""
-    from rich.table import Table
+    from rich.table import Table  # (imported here for start-up time)
 
     values = dict(c["parameters"]) if c.get("model") == "formula" else {
         **({"intercept": c["intercept"]} if "intercept" in c else {}), **c["coefficients"]}
@@ -296,8 +296,8 @@ def coefficient_table(c: dict):
 def fmt_interval(low, high) -> str:
     """[low, high] to the fewest significant digits (6 to 12) whose last place is no wider than
     the interval, each end rounded outward: what is printed contains the computed interval."""
-    import math
-    from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+    import math  # (imported here for start-up time)
+    from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal  # (imported here for start-up time)
 
     low, high = float(low), float(high)
     if not (math.isfinite(low) and math.isfinite(high)) or not high > low:
@@ -325,7 +325,7 @@ class _QuietStop(StopOnSignal):
     """StopOnSignal for ranks other than 0: rank 0 says what is happening."""
 
     def _handle(self, signum, frame) -> None:
-        import signal
+        import signal  # (imported here for start-up time)
 
         if self.received is not None:
             self.restore()

@@ -1,4 +1,6 @@
-"""The experiment config: a strict pydantic schema, safe YAML loading, --set overrides.
+"""Loading the experiment config: safe YAML, --set overrides, and messages for every mistake.
+
+The schema itself is config/schema.py.
 
 Everything a user can get wrong in a config is caught here, before any data is
 read, with a message that names the key's dotted path and the fix.
@@ -177,7 +179,7 @@ def _check_path(parts: list[str], raw: dict, item: str) -> None:
 
 def _model_classes(annotation) -> list:
     """The BaseModel classes an annotation can hold (through Optional/Union/Annotated)."""
-    import typing
+    import typing  # (imported here for start-up time)
 
     out = []
     stack = [annotation]
@@ -327,7 +329,7 @@ def load_config(path: str | Path, overrides=()) -> Config:
 
 def config_from_dict(raw: dict, overrides=(), base_dir: Path | str = ".") -> Config:
     """Validate a mapping (e.g. from Python code) as a config."""
-    import copy
+    import copy  # (imported here for start-up time)
 
     raw = apply_overrides(copy.deepcopy(raw), overrides)
     return validate_config(raw, "config", base_dir)

@@ -141,14 +141,14 @@ class FormulaModel(_Strict):
     def _parse(cls, v):
         # Parsed (never evaluated) here, so that a formula gradfit refuses stops the run before any
         # data is read; which names are columns is checked once the data's columns are known.
-        from gradfit.expr.formula import check_formula
+        from gradfit.expr.formula import check_formula  # (imported here for start-up time)
 
         check_formula(v)
         return v
 
     @model_validator(mode="after")
     def _start(self):
-        from gradfit.expr.formula import check_start
+        from gradfit.expr.formula import check_start  # (imported here for start-up time)
 
         check_start(self.formula, self.start)
         return self

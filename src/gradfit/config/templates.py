@@ -114,7 +114,7 @@ def sample_data(kind: str, seed: int = 0) -> str | None:
     if kind == "polynomial":
         n, f, noise = 50, lambda x: 3 + 2 * x + x * x, 0.1  # the seed tutorial's y = x^2 + 2x + 3
     elif kind == "mlp":
-        import math
+        import math  # (imported here for start-up time)
 
         n, f, noise = 200, lambda x: math.sin(2 * x), 0.05
     else:

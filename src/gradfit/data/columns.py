@@ -20,13 +20,13 @@ def read_columns(path: Path) -> list[str]:
         raise DataError(f"data path {path} is a directory, not a .csv or .parquet file")
     try:
         if is_parquet(path):
-            import pyarrow.parquet as pq
+            import pyarrow.parquet as pq  # (imported here for start-up time)
 
             return list(pq.read_schema(path).names)
         small = _small_csv(path)
         if small is not None:
             return list(small[0])
-        import pandas as pd
+        import pandas as pd  # (imported here for start-up time)
 
         return [str(c) for c in pd.read_csv(path, nrows=0).columns]
     except DataError:

@@ -17,7 +17,7 @@ def resolve_config(cfg, columns: list[str] | None = None):
     ConfigError/DataError before any training: a target that is not a column, a formula
     without inputs or parameters, a start value given for a column.
     """
-    from gradfit.data.columns import read_columns
+    from gradfit.data.columns import read_columns  # (imported here for start-up time)
 
     mc, dc = cfg.model, cfg.data
     parsed = parse_formula(mc.formula)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
 
+from gradfit.data import tables as gdata
+from gradfit.data.split import Split, split_rows
 from gradfit.errors import DataError
 from gradfit.parallel import Dist
 
@@ -34,9 +37,8 @@ def assign_groups(sizes: list[int], rank: int, world: int) -> list[int]:
 
 def _read_csv_shard(path: Path, columns: list[str], rank: int, world: int):
     """This rank's lines of a CSV file: those whose first byte lies in its byte range of the body."""
-    import io
 
-    import pandas as pd
+    import pandas as pd  # (imported here for start-up time)
 
     with open(path, "rb") as f:
         header = f.readline()
@@ -70,7 +72,6 @@ def _read_csv_shard(path: Path, columns: list[str], rank: int, world: int):
 
 def load_shard(cfg, dist: Dist):
     """This rank's rows of the experiment's data: (Dataset of its rows, its first global row, N)."""
-    from gradfit.data import tables as gdata
 
     dc = cfg.data
     if dc.synthetic is not None:
@@ -91,7 +92,7 @@ def load_shard(cfg, dist: Dist):
         feats = gdata.select_columns(columns, dc.target, dc.features, path)
         cols = feats + [dc.target]
         if parquet:
-            import pyarrow.parquet as pq
+            import pyarrow.parquet as pq  # (imported here for start-up time)
 
             try:
                 pf = pq.ParquetFile(path)
@@ -127,7 +128,6 @@ def load_shard(cfg, dist: Dist):
 
 def split_shard(n_all: int, offset: int, n_local: int, cfg, dist: Dist):
     """The single-process split of all n_all rows, restricted to this rank's rows (local indices)."""
-    from gradfit.data.split import Split, split_rows
 
     s = dist.agree(lambda: split_rows(n_all, cfg.data.split.val, cfg.data.split.test, cfg.seed))
 

@@ -26,9 +26,11 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from gradfit.data.columns import select_columns
 from gradfit.data.moments import Moments
 from gradfit.data.shards import assign_groups
 from gradfit.data.sources import SETS, ChunkedRows
+from gradfit.data.tables import frame_to_arrays
 from gradfit.errors import DataError
 from gradfit.parallel import Dist
 
@@ -93,9 +95,8 @@ class StreamRows(ChunkedRows):
     """data.streaming: this rank's row groups of a Parquet dataset, read slice by slice at each pass."""
 
     def __init__(self, cfg, dist: Dist):
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # (imported here for start-up time)
 
-        from gradfit.data.columns import select_columns
 
         dc = cfg.data
         self.cfg, self.dist = cfg, dist
@@ -135,9 +136,8 @@ class StreamRows(ChunkedRows):
 
     def _slices(self, pieces, check: bool, shuffle: Optional[torch.Generator] = None):
         """(global rows, X, y) float64 numpy slices of the given row groups, missing rows dropped."""
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # (imported here for start-up time)
 
-        from gradfit.data.tables import frame_to_arrays
 
         dropna = self.cfg.data.dropna
         order = range(len(pieces)) if shuffle is None else torch.randperm(len(pieces), generator=shuffle).tolist()

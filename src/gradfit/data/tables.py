@@ -1,13 +1,14 @@
-"""Data: CSV, Parquet or synthetic rows -> named float64 tensors; the seeded split.
+"""Tables: CSV, Parquet or synthetic rows -> named float64 tensors (a ``Dataset``).
 
 Rows are kept in float64 on the CPU here; the model's feature map turns them into
-the training design in the run's dtype, on the run's device (see models.py).
+the training design in the run's dtype, on the run's device (see models/regression.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -66,7 +67,7 @@ def _small_csv_arrays(path: Path, feature_names: list[str], target: str):
 
 def read_frame(path: Path, columns: list[str]):
     """Read only the named columns of a CSV or Parquet file into a pandas DataFrame."""
-    import pandas as pd
+    import pandas as pd  # (imported here for start-up time)
 
     try:
         if is_parquet(path):
@@ -89,7 +90,7 @@ def frame_to_arrays(frame, feature_names: list[str], target: Optional[str], sour
 
     Returns (X, y or None, notes). Row numbers in messages count the header as line 1.
     """
-    import pandas as pd
+    import pandas as pd  # (imported here for start-up time)
 
     notes: list[str] = []
     cols = feature_names + ([target] if target is not None else [])
@@ -176,7 +177,6 @@ def load_dataset(cfg: Config) -> Dataset:
     else:
         # The file's digest on another thread while it is parsed (hashlib lets go of the GIL for
         # large buffers, and so do pyarrow and pandas' C parser): 0.2 s of a 250 MB file's load.
-        from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(fingerprint, path)
@@ -219,7 +219,7 @@ def load_table(path: Path, feature_names: list[str], target: Optional[str], requ
             f"{path}: target column {target!r} not found; columns found: {', '.join(repr(c) for c in columns[:30])}",
             hint="eval needs the true values to compare with; predict does not",
         )
-    import pandas as pd
+    import pandas as pd  # (imported here for start-up time)
 
     try:
         frame = pd.read_parquet(path) if is_parquet(path) else pd.read_csv(path)

@@ -48,7 +48,7 @@ def read_equation_file(path: str | Path) -> EquationFile:
 
 
 def _read_yaml(path: Path, text: str) -> EquationFile:
-    import yaml
+    import yaml  # (imported here for start-up time)
 
     try:
         doc = yaml.safe_load(text)

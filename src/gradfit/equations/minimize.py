@@ -74,7 +74,7 @@ def _grad_max(x: torch.Tensor) -> float:
 
 def run_lbfgs(system: System, x0: torch.Tensor, lr: float, max_iter: int, tol: float, memory: int = 10) -> Run:
     """gradfit's L-BFGS (optim.lbfgs), one iteration per step, from x0."""
-    import torch
+    import torch  # (imported here for start-up time)
 
     from gradfit.optim.lbfgs import LBFGS  # here, not at the top: torch, once a solve starts
 
@@ -103,7 +103,7 @@ def run_first_order(system: System, x0: torch.Tensor, lr: float | None, max_iter
     """gradfit's Adam or gradient descent (optim.first_order) from x0. A step that fails (non-finite,
     or uphill for gradient descent) is taken again with half the learning rate; Adam also halves it
     on a plateau."""
-    import torch
+    import torch  # (imported here for start-up time)
 
     from gradfit.optim.first_order import SGD, Adam  # here, not at the top: torch, once a solve starts
 
@@ -141,7 +141,7 @@ def _first_order_step(optimizer, objective: Objective, loss: float, *, uphill: b
     """One step from the parameter's value, its gradient in ``.grad``: the loss after it, or None
     (parameter, gradient and optimizer state as before) when no halving of the lr gives a finite
     point (that is not uphill, unless ``uphill``)."""
-    import torch
+    import torch  # (imported here for start-up time)
 
     x = objective.x
     start, grad, residuals = x.detach().clone(), x.grad.clone(), objective.residuals

@@ -113,7 +113,7 @@ def is_consistent(system: System, jac: torch.Tensor, tol: float) -> bool:
 
     Computed beside the optimizer (as exact.py does for fits), never instead of it.
     """
-    import torch
+    import torch  # (imported here for start-up time)
 
     n = jac.shape[1]
     b = -system.residuals(torch.zeros(n, dtype=torch.float64)).detach()  # J x - b = residuals

@@ -159,7 +159,7 @@ class _Point:
 
     @classmethod
     def of(cls, system: System, best: Run, x0: torch.Tensor, linear: bool, tol: float) -> _Point:
-        import torch
+        import torch  # (imported here for start-up time)
 
         x, residuals = best.x, best.residuals
         jac = system.jacobian(x)  # (m, n)
@@ -205,7 +205,7 @@ class _Search:
     """Starting points: the configured one, then seeded random draws; all with finite values."""
 
     def __init__(self, system: System, start: torch.Tensor, seed: int, labels):
-        import torch
+        import torch  # (imported here for start-up time)
 
         self.system = system
         self.labels = labels
@@ -216,21 +216,21 @@ class _Search:
         self.scale = max([1.0] + start[self.given].abs().tolist())
 
     def draw(self) -> torch.Tensor:
-        import torch
+        import torch  # (imported here for start-up time)
 
         n = len(self.start)
         return torch.randn(n, generator=self.generator, dtype=torch.float64) * self.scale
 
     def first_start(self, init: str) -> tuple[torch.Tensor, bool]:
         """The configured start, or a draw (given values kept) if it is not finite there."""
-        import torch
+        import torch  # (imported here for start-up time)
 
         rest = self.draw() if init == "random" else torch.zeros_like(self.start)
         return self._finite(torch.where(self.given, self.start, rest), self.given)
 
     def run_random(self, run: Callable, runs: list[Run]) -> None:
         """One more run from a random start; skipped if no finite start turns up."""
-        import torch
+        import torch  # (imported here for start-up time)
 
         try:
             x, _ = self._finite(self.draw(), torch.zeros_like(self.given))
@@ -241,7 +241,7 @@ class _Search:
     def _finite(self, x0: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """x0 if the loss and its gradient are finite there, else fresh draws (keeping the
         entries in keep); returns the start and whether it differs from x0."""
-        import torch
+        import torch  # (imported here for start-up time)
 
         x = x0
         for attempt in range(_DOMAIN_RETRIES + 1):
@@ -310,7 +310,7 @@ def _parse_all(equations, labels) -> list[Equation]:
 
 def _initial_vector(unknowns: list[str], initial: Mapping[str, float]) -> torch.Tensor:
     """Starting values by unknown; NaN where none is given."""
-    import torch
+    import torch  # (imported here for start-up time)
 
     values = [math.nan] * len(unknowns)
     for name, value in initial.items():

@@ -23,14 +23,14 @@ class System:
 
     def residuals(self, x: torch.Tensor) -> torch.Tensor:
         """(n,) -> (m,): LEFT - RIGHT of each equation."""
-        import torch
+        import torch  # (imported here for start-up time)
 
         env = dict(zip(self.unknowns, x.unbind()))
         return torch.stack([eq.residual(env).reshape(()) for eq in self.equations])
 
     def value_and_grad(self, x: torch.Tensor):
         """Loss sum(r**2) as a float, its gradient (n,), and the residuals (m,)."""
-        import torch
+        import torch  # (imported here for start-up time)
 
         x = x.detach().requires_grad_(True)
         r = self.residuals(x)
@@ -44,7 +44,7 @@ class System:
 
     def jacobian(self, x: torch.Tensor) -> torch.Tensor:
         """(m, n) at x (torch.autograd.functional, which does not import torch._dynamo)."""
-        from torch.autograd.functional import jacobian
+        from torch.autograd.functional import jacobian  # (imported here for start-up time)
 
         return jacobian(self.residuals, x.detach()).reshape(len(self.equations), len(x))
 
@@ -60,7 +60,7 @@ class Objective:
         self.residuals: torch.Tensor | None = None
 
     def __call__(self) -> torch.Tensor:
-        import torch
+        import torch  # (imported here for start-up time)
 
         x = self.x
         x.grad = None
@@ -75,7 +75,7 @@ class Objective:
 
     def residuals_here(self) -> torch.Tensor:
         """The residuals at the parameter's current value (the last evaluation's, if it was there)."""
-        import torch
+        import torch  # (imported here for start-up time)
 
         if self.at is not None and torch.equal(self.at, self.x.detach()):
             return self.residuals
@@ -83,7 +83,7 @@ class Objective:
 
 
 def finite(loss: float, grad: torch.Tensor) -> bool:
-    import torch
+    import torch  # (imported here for start-up time)
 
     return math.isfinite(loss) and bool(torch.isfinite(grad).all())
 

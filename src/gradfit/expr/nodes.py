@@ -178,9 +178,9 @@ def _to_text(node: _Node) -> str:
 
 @functools.cache
 def _torch_ops() -> tuple[dict[str, Callable], dict[str, Callable]]:
-    import operator
+    import operator  # (imported here for start-up time)
 
-    import torch
+    import torch  # (imported here for start-up time)
 
     binary = {
         "+": operator.add,
@@ -194,14 +194,14 @@ def _torch_ops() -> tuple[dict[str, Callable], dict[str, Callable]]:
 
 
 def _is_tensor(value) -> bool:
-    import torch
+    import torch  # (imported here for start-up time)
 
     return isinstance(value, torch.Tensor)
 
 
 def _on_scalars(fn: Callable, *args: float) -> float:
     """Apply fn to python floats with IEEE semantics (1/0 = inf, log(-1) = nan), as torch does."""
-    import torch
+    import torch  # (imported here for start-up time)
 
     first = torch.tensor(args[0], dtype=torch.float64)
     return float(fn(first, *args[1:]))
@@ -351,7 +351,7 @@ class Expr:
         expression that uses no tensor gives a 0-dim tensor of the dtype and
         device of the first tensor in env (torch's default dtype if none).
         """
-        import torch
+        import torch  # (imported here for start-up time)
 
         binary, funcs = _torch_ops()
         value = _evaluate(self.node, env, binary, funcs)

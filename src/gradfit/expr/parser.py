@@ -1,4 +1,4 @@
-"""Safe arithmetic expressions: parse user text into a tree, evaluate it with torch.
+"""Safe arithmetic expressions: parse user text into a tree (expr/nodes.py evaluates it with torch).
 
 The grammar is shared by ``solve-equations`` and formula models: numbers,
 identifiers, ``+ - * / **``, parentheses, unary ``-``/``+``, the functions

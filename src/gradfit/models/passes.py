@@ -1,22 +1,15 @@
-"""Fast paths of the training loop: light optimizers, a one-pass linear gradient, batch gathering.
+"""One-pass loss and gradient of a model on MSE, without autograd's graph: linear heads, MLPs.
 
-Why these exist (measured on 2 CPU cores, torch 2.13):
+Why these exist (measured on 2 CPU cores, torch 2.13; gradfit's own optimizers, for the same
+reason of start-up time, are optim/first_order.py, and the mini-batch gathering data/batches.py):
 
-- Constructing any ``torch.optim`` optimizer imports ``torch._dynamo`` (its
-  ``add_param_group`` and ``step`` are wrapped to be skipped by the compiler), about
-  1.3 s of start-up for a run that may train in 0.2 s. ``SGD`` and ``Adam`` here are
-  plain update rules on tensors with the same arithmetic as ``torch.optim.SGD`` and
-  ``torch.optim.Adam``/``AdamW`` (tests compare trajectories); Adam uses torch's fused
-  kernel (``torch._fused_adam_``, one call for every parameter) where the device has
-  one, the ``_foreach`` kernels otherwise.
 - A full-batch linear head with MSE loss reads the design twice per epoch through
   autograd (``Z @ w`` forward, ``Z^T r`` backward). ``LinearMSE`` computes the same loss
   and gradient in one pass, in row blocks that stay in cache between the two products:
   with the compiled kernel ``gradfit._fused`` where it was built, with torch's
   matrix-vector products on row chunks otherwise.
-- Mini-batches drawn by indexing a permutation cost one gather per batch;
-  ``shuffled_batches`` gathers many batches at once into a reused buffer and hands
-  out contiguous slices (same rows, same order, same numbers).
+- An MLP's mini-batch step through autograd spends most of its time recording the
+  graph; ``MLPMSE`` runs the same backward pass op for op (see there).
 """
 
 from __future__ import annotations
@@ -31,6 +24,7 @@ from gradfit.data.batches import column_major
 from gradfit.kernel import ABI as KERNEL_ABI  # noqa: F401 (tests and tools read it here)
 from gradfit.kernel import find as _find_kernel
 from gradfit.kernel import usable as usable_kernel  # noqa: F401
+from gradfit.models.heads import LinearHead, MLPHead
 from gradfit.threads import single_threaded, worker_pool
 
 # The compiled one-pass kernel (setup.py): None where no C compiler was at hand, or where the build
@@ -62,7 +56,6 @@ class LinearMSE:
     On a GPU the whole design is one chunk (bandwidth is plenty; launches are not).
 
     Two ways to do the passes, same numbers up to rounding (tests compare both with autograd):
-
     - The compiled kernel (``gradfit._fused``, built from ``_fused.c`` at install) on a
       column-major float32/float64 design on the CPU: one call per part of the rows, blocks
       of ``KERNEL_BLOCK_BYTES``, partial sums in double. Measured on 2 CPU cores, 1,000,000 x
@@ -138,7 +131,6 @@ class LinearMSE:
     def applies(head, loss_fn, Z: torch.Tensor) -> bool:
         """A LinearHead (weight (m,), optional bias) trained on mean squared error, on a plain design
         (row-major, or column-major: see ``column_major``)."""
-        from gradfit.models.heads import LinearHead
 
         return (
             type(head) is LinearHead
@@ -331,7 +323,6 @@ class MLPMSE:
     @staticmethod
     def applies(head, loss_fn, Z: torch.Tensor) -> bool:
         """An MLPHead of Linear and ReLU/tanh layers on mean squared error, a plain 2-D design, no hooks."""
-        from gradfit.models.heads import MLPHead
 
         if type(head) is not MLPHead or loss_fn is not torch.nn.functional.mse_loss or Z.ndim != 2:
             return False

@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from gradfit.data.batches import empty_design
 from gradfit.data.sources import MemoryRows
 from gradfit.errors import DataError
 from gradfit.models.base import Model
@@ -77,10 +78,9 @@ class RegressionModel(Model):
         """Raw (n, d) -> design (n, m) in the head's dtype, on ``device`` (default: the head's).
 
         ``rows``: the design of ``X[rows]``, gathered chunk by chunk (no copy of those rows).
-        ``column_major``: stored column by column (``fastopt.empty_design``), the layout the
+        ``column_major``: stored column by column (``data.batches.empty_design``), the layout the
         one-pass linear gradient reads fastest on the CPU; the same numbers.
         """
-        from gradfit.data.batches import empty_design
 
         device = device or self.device
         n = X.shape[0] if rows is None else rows.shape[0]

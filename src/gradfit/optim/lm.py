@@ -71,7 +71,7 @@ class LevenbergMarquardt(OptimizerBase):
     """LM on the residuals of a head; call ``iterate(head, Z, y)`` once per epoch (not ``step``).
 
     Not a ``torch.optim.Optimizer``, whose constructor imports torch._dynamo (over a second);
-    the same ``param_groups``, ``state`` and ``state_dict`` layout (fastopt.OptimizerBase).
+    the same ``param_groups``, ``state`` and ``state_dict`` layout (optim.first_order.OptimizerBase).
     """
 
     def __init__(self, params, mu: float = MU_START):

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 import torch
 
 from gradfit.errors import ConfigError
+from gradfit.optim import first_order
+from gradfit.optim.lbfgs import LBFGS
+from gradfit.optim.lm import LevenbergMarquardt
 
 # One L-BFGS "epoch" is one optimizer.step(): up to this many iterations, each with its line
 # search (the curvature memory carries over from one step to the next).
@@ -23,7 +26,7 @@ LBFGS_ITERS_PER_EPOCH = 20
 # On a large design every iteration is at least one pass over it, and most of the time: epochs
 # of a few iterations let the stopping rule (training.fit) end the run within a few passes of
 # convergence instead of up to 3 x 20 iterations after it (repeated points cost no pass: see
-# fastopt.LinearMSE). Small designs (NIST's) keep 20.
+# models.passes.LinearMSE). Small designs (NIST's) keep 20.
 LBFGS_LARGE_DESIGN_VALUES = 1 << 22
 LBFGS_LARGE_ITERS_PER_EPOCH = 4
 
@@ -90,7 +93,6 @@ def make_optimizer(cfg, params, lr: float, device: torch.device, iters_per_epoch
     sgd, adam and adamw are gradfit's own (optim/first_order.py): the arithmetic of torch.optim's,
     without the 1.3 s that constructing a torch.optim optimizer spends importing torch._dynamo.
     """
-    from gradfit.optim import first_order
 
     oc = cfg.optimizer
     params = list(params)
@@ -108,12 +110,10 @@ def make_optimizer(cfg, params, lr: float, device: torch.device, iters_per_epoch
     if oc.kind == "lbfgs":
         # gradfit's own L-BFGS: torch's strong-Wolfe search stops at about sqrt(eps) of the
         # parameters, where the loss can no longer show a decrease (see gradfit.lbfgs).
-        from gradfit.optim.lbfgs import LBFGS
 
         return LBFGS(params, lr=lr, max_iter=iters_per_epoch, history_size=oc.history_size or 100)
     if oc.kind == "lm":
         # Levenberg-Marquardt on the residuals (gradfit.lm); the loop calls its iterate().
-        from gradfit.optim.lm import LevenbergMarquardt
 
         return LevenbergMarquardt(params)
     raise ConfigError(f"optimizer.kind: {oc.kind!r} is not available for a {cfg.model.kind} model")

@@ -45,10 +45,10 @@ def tensors_digest(tensors: dict) -> str:
 
 def save_checkpoint(path: Path, model, *, config: dict, data: dict, extra: dict | None = None) -> None:
     """Write a model and its records to ``path`` (atomically)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # (imported here for start-up time)
 
-    from gradfit import __version__
-    from gradfit.results.rundir import atomic_path
+    from gradfit import __version__  # (imported here for start-up time)
+    from gradfit.results.rundir import atomic_path  # (imported here for start-up time)
 
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     meta = {
@@ -169,7 +169,7 @@ class Checkpoint:
 
 def _check_spec(p: Path, spec: Any, written_by: str) -> None:
     from gradfit.models.build import MODEL_KINDS  # torch: loaded only when a checkpoint is read
-    from gradfit.models.heads import DTYPES
+    from gradfit.models.heads import DTYPES  # (imported here for start-up time)
 
     if not isinstance(spec, dict):
         raise _refuse(p, "its model description (spec) is not a mapping")
@@ -216,8 +216,8 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         raise _refuse(p, f"its records are damaged or missing ({type(exc).__name__}: {exc})") from None
     _check_spec(p, fields["spec"], written_by)
 
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors import SafetensorError  # (imported here for start-up time)
+    from safetensors.torch import load_file  # (imported here for start-up time)
 
     try:
         tensors = load_file(str(p))
@@ -232,7 +232,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
 
 
 def _own_version() -> str:
-    from gradfit import __version__
+    from gradfit import __version__  # (imported here for start-up time)
 
     return __version__
 
@@ -276,9 +276,9 @@ class LoadedModel:
 
     def predict(self, data: Any):
         """Predictions, numpy float64 of shape (n,), for a DataFrame with the feature columns or an array (n, d)."""
-        import numpy as np
+        import numpy as np  # (imported here for start-up time)
 
-        from gradfit.data.tables import frame_to_arrays
+        from gradfit.data.tables import frame_to_arrays  # (imported here for start-up time)
 
         if hasattr(data, "columns"):
             missing = [c for c in self.feature_names if c not in data.columns]

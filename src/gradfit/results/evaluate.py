@@ -56,7 +56,7 @@ def _model(checkpoint: ModelLike) -> LoadedModel:
 
 def model_loss(lm: LoadedModel):
     """The loss the model was trained with (reported as ``loss``)."""
-    from gradfit.models.losses import Loss
+    from gradfit.models.losses import Loss  # (imported here for start-up time)
 
     lc = lm.config.get("loss") or {}
     return Loss(lc.get("kind", "mse"), lc.get("delta"))
@@ -72,11 +72,11 @@ def evaluate(checkpoint: ModelLike, data: str | Path | None = None) -> Evaluatio
 
 
 def _evaluate_file(lm: LoadedModel, path: Path) -> Evaluation:
-    import numpy as np
-    import torch
+    import numpy as np  # (imported here for start-up time)
+    import torch  # (imported here for start-up time)
 
-    from gradfit.data.tables import load_table
-    from gradfit.results.metrics import regression_metrics
+    from gradfit.data.tables import load_table  # (imported here for start-up time)
+    from gradfit.results.metrics import regression_metrics  # (imported here for start-up time)
 
     dropna = bool((lm.config.get("data") or {}).get("dropna", False))
     _, X, y, notes = load_table(path, lm.feature_names, lm.target, require_target=True, dropna=dropna)
@@ -87,7 +87,7 @@ def _evaluate_file(lm: LoadedModel, path: Path) -> Evaluation:
 
 def _training_config(lm: LoadedModel, path: Optional[Path]):
     """The checkpoint's config as a Config, its data path replaced by the recorded one."""
-    from gradfit.config.loading import config_from_dict
+    from gradfit.config.loading import config_from_dict  # (imported here for start-up time)
 
     raw = copy.deepcopy(lm.config)
     if not isinstance(raw, dict) or not isinstance(raw.get("data"), dict):
@@ -105,10 +105,10 @@ def _training_config(lm: LoadedModel, path: Optional[Path]):
 
 def held_out_rows(lm: LoadedModel):
     """Rebuild the training data and its split from the checkpoint's records: (Dataset, Split, source)."""
-    import torch
+    import torch  # (imported here for start-up time)
 
-    from gradfit.data.split import Split, split_rows
-    from gradfit.data.tables import fingerprint, load_dataset
+    from gradfit.data.split import Split, split_rows  # (imported here for start-up time)
+    from gradfit.data.tables import fingerprint, load_dataset  # (imported here for start-up time)
 
     ck = lm.checkpoint
     rec = ck.data or {}
@@ -166,8 +166,8 @@ def _describe_synthetic(spec: dict, seed: int) -> str:
 
 
 def _evaluate_held_out(lm: LoadedModel) -> Evaluation:
-    from gradfit.data.sources import MemoryRows
-    from gradfit.results.metrics import evaluate_sets
+    from gradfit.data.sources import MemoryRows  # (imported here for start-up time)
+    from gradfit.results.metrics import evaluate_sets  # (imported here for start-up time)
 
     ds, split, where = held_out_rows(lm)
     # On the device the run used, when this machine has it: a GPU's float32 sums differ from the
@@ -191,10 +191,10 @@ def _evaluate_held_out(lm: LoadedModel) -> Evaluation:
 
 def _run_device(lm: LoadedModel):
     """The device the run trained on (its config's ``device``), or the CPU where that is absent."""
-    import torch
+    import torch  # (imported here for start-up time)
 
-    from gradfit.errors import GradfitError
-    from gradfit.parallel import resolve_device
+    from gradfit.errors import GradfitError  # (imported here for start-up time)
+    from gradfit.parallel import resolve_device  # (imported here for start-up time)
 
     try:
         return resolve_device(str(lm.config.get("device", "cpu")))
@@ -230,7 +230,7 @@ def predict_file(
     ``out`` is written atomically, as Parquet when it ends in .parquet and as CSV otherwise,
     floats at full precision.
     """
-    from gradfit.data.tables import load_table
+    from gradfit.data.tables import load_table  # (imported here for start-up time)
 
     lm = _model(checkpoint)
     path = Path(data)
@@ -276,7 +276,7 @@ def _select(wanted: list[str], available: list[str], path: Path) -> list[str]:
 
 def write_table(frame, out: Path) -> None:
     """CSV (floats written exactly, round-trip) or Parquet by the file's suffix, atomically."""
-    from gradfit.results.rundir import atomic_path
+    from gradfit.results.rundir import atomic_path  # (imported here for start-up time)
 
     try:
         with atomic_path(out) as tmp:

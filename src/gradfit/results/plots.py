@@ -38,8 +38,8 @@ FORK = hasattr(os, "fork")
 
 def _figure(figsize, **subplots):
     """A Figure on an Agg canvas, and its axes (``fig.subplots(**subplots)``)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # (imported here for start-up time)
+    from matplotlib.figure import Figure  # (imported here for start-up time)
 
     fig = Figure(figsize=figsize, dpi=110)
     FigureCanvasAgg(fig)
@@ -58,10 +58,10 @@ def _draw_loss(path, epochs, train, val, loss_name, title="Loss per epoch", best
         if max(positive) > MINOR_DECADES * min(positive):
             # Many decades: the minor ticks (8 a decade, each with its grid line) would be clutter,
             # and laying them out is most of the figure's cost (0.1 s of 0.25).
-            from matplotlib.ticker import NullLocator
+            from matplotlib.ticker import NullLocator  # (imported here for start-up time)
 
             ax.yaxis.set_minor_locator(NullLocator())
-        from matplotlib.ticker import FuncFormatter
+        from matplotlib.ticker import FuncFormatter  # (imported here for start-up time)
 
         ax.yaxis.set_major_formatter(FuncFormatter(_power_of_ten))
     if best_epoch is not None:
@@ -112,7 +112,7 @@ def _draw_fit(path, x, y, is_train, grid, grid_pred, resid, feature, target, tit
 
 def _draw_parity(path, y, pred, target, title) -> None:
     """Several features: predicted against actual."""
-    import numpy as np
+    import numpy as np  # (imported here for start-up time)
 
     fig, ax = _figure((5.5, 5.5))
     ax.scatter(y, pred, s=3 if len(y) > 1000 else 10, alpha=0.5, color="C0")
@@ -166,7 +166,7 @@ def loss_plot(path: Path, history, loss_name: str, title: str = "Loss per epoch"
 
 def fit_plot(path: Path, x, y, is_train, predict, feature: str, target: str, title: str) -> None:
     """One feature: data, fitted curve (``predict`` on a 400-point grid), and residuals below."""
-    import numpy as np
+    import numpy as np  # (imported here for start-up time)
 
     x = np.asarray(x)
     y = np.asarray(y)
@@ -179,7 +179,7 @@ def fit_plot(path: Path, x, y, is_train, predict, feature: str, target: str, tit
 
 def parity_plot(path: Path, y, pred, target: str, title: str) -> None:
     """Several features: predicted against actual."""
-    import numpy as np
+    import numpy as np  # (imported here for start-up time)
 
     _submit("parity", path, {"y": np.asarray(y), "pred": np.asarray(pred), "target": target, "title": title})
 
@@ -285,7 +285,7 @@ EOF = object()  # _read_job: the stream ended
 
 
 def _write_job(stream, kind: str, path: str, args: dict) -> None:
-    import numpy as np
+    import numpy as np  # (imported here for start-up time)
 
     arrays = {k: np.ascontiguousarray(v) for k, v in args.items() if isinstance(v, np.ndarray)}
     plain = {k: v for k, v in args.items() if k not in arrays}
@@ -298,7 +298,7 @@ def _write_job(stream, kind: str, path: str, args: dict) -> None:
 
 def _read_job(stream):
     """(kind, path, args), None at the end of the jobs, or EOF."""
-    import numpy as np
+    import numpy as np  # (imported here for start-up time)
 
     line = stream.readline()
     if not line:
@@ -323,7 +323,7 @@ def _warm_up() -> None:
     """Draw a small throw-away figure: the fonts, the text layout and the mathtext parser of
     log-scale tick labels load now, while the parent is still importing torch, instead of in
     each figure's process at the end of the run (a fit figure then takes 0.15 s instead of 0.25)."""
-    import io
+    import io  # (imported here for start-up time)
 
     try:
         _warm_up_figure(io.BytesIO())
@@ -349,7 +349,7 @@ def _serve() -> None:
     Each figure is drawn in a child forked for it where the platform can fork (the main
     process is waiting for them by then, so the figures are drawn side by side on the cores).
     """
-    import signal
+    import signal  # (imported here for start-up time)
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle (it saves the run)
     prepare()

@@ -1,7 +1,6 @@
 """How sure a least-squares fit is: standard errors, 95% intervals, residual SD, in original units.
 
 For an MSE fit with p coefficients on n training rows, at the solution found:
-
     sigma^2 = RSS / (n - p)          cov = sigma^2 (J^T J)^-1
 
 with J the Jacobian of the predictions with respect to the coefficients. This is
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Optional
 import torch
 
 from gradfit.data.sources import MemoryRows
+from gradfit.models.features import polynomial_terms, term_name
 from gradfit.optim.lm import jacobian, stacked_factors  # jacobian: not torch.func.jacfwd, which imports torch._dynamo
 from gradfit.parallel import SINGLE, Dist
 from gradfit.results.exact import gram
@@ -174,7 +174,6 @@ def raw_map(model) -> tuple[list[tuple[int, ...]], torch.Tensor]:
     units, the intercept's last), as ``RegressionModel.raw_polynomial`` computes it; built in
     exact rational arithmetic, then rounded once.
     """
-    from gradfit.models.features import polynomial_terms
 
     fm = model.features
     intercept = bool(model.spec["intercept"])
@@ -204,7 +203,6 @@ def linear_uncertainty_from_gram(model, G: torch.Tensor, rss, n: int) -> dict:
     """linear_uncertainty from the training rows' Gram matrix of the scaled design (intercept column
     last) and their residual sum of squares in original units (a number, or a function giving it):
     what a run whose rows are spread over processes or streamed from disk can sum up."""
-    from gradfit.models.features import term_name
 
     p = int(G.shape[0])
     if n <= p:

@@ -47,8 +47,8 @@ def follow(
     at once, maybe before rank 0 prints). Raises this rank's own GradfitError, named by rank.
     """
     from gradfit.config.loading import load_config  # (start-up time: the CLI imports this module)
-    from gradfit.parallel import RankFailed
-    from gradfit.train import run as api
+    from gradfit.parallel import RankFailed  # (imported here for start-up time)
+    from gradfit.train import run as api  # (imported here for start-up time)
 
     started: list = []  # training began: the ranks are connected
 

@@ -13,6 +13,7 @@ scaling statistics are recomputed from the same data (whose fingerprint is check
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import dataclass
@@ -21,7 +22,12 @@ from typing import Any, Optional
 
 import torch
 
+from gradfit.config.loading import load_config
 from gradfit.errors import CheckpointError, ConfigError
+from gradfit.results.checkpoint import check_layout
+from gradfit.results.rundir import atomic_path
+from gradfit.train.loop import EpochRecord
+from gradfit.train.stopping import StopState
 
 RESUME_NAME = "optimizer.safetensors"
 FORMAT = "gradfit-resume"
@@ -43,7 +49,6 @@ class ResumeState:
 def capture(head: torch.nn.Module, optimizer, gen: Optional[torch.Generator], epoch: int, kind: str,
             stop=None) -> ResumeState:
     """A copy of the training state now (safe to keep while training goes on)."""
-    import copy
 
     return ResumeState(
         epoch=int(epoch),
@@ -125,9 +130,8 @@ def _decode(obj: Any, tensors: dict) -> Any:
 
 def save_state(path: Path, state: ResumeState) -> None:
     """Write ``optimizer.safetensors`` atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # (imported here for start-up time)
 
-    from gradfit.results.rundir import atomic_path
 
     tensors: dict = {f"head.{k}": v.detach().to("cpu").contiguous().clone() for k, v in state.head.items()}
     opt_tensors: dict = {}
@@ -152,9 +156,8 @@ def save_state(path: Path, state: ResumeState) -> None:
 
 def load_state(path: Path) -> ResumeState:
     """Read ``optimizer.safetensors`` safely; CheckpointError for anything that is not one."""
-    from safetensors import SafetensorError, safe_open
+    from safetensors import SafetensorError, safe_open  # (imported here for start-up time)
 
-    from gradfit.results.checkpoint import check_layout
 
     p = Path(path)
     if not p.is_file():
@@ -181,8 +184,6 @@ def load_state(path: Path) -> ResumeState:
             raise ValueError("the optimizer record is not a state_dict")
         stop = None
         if "stop" in meta:
-            from gradfit.train.stopping import StopState
-
             fields = {k: _decode(v, {}) for k, v in json.loads(meta["stop"]).items() if k in _STOP_FIELDS}
             best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
             stop = StopState(**fields, best_state=best or None)
@@ -199,7 +200,6 @@ def load_state(path: Path) -> ResumeState:
 
 def read_history(path: Path, up_to_epoch: int) -> list:
     """The rows of history.csv with epoch <= ``up_to_epoch`` (later rows belong to a lost future)."""
-    from gradfit.train.loop import EpochRecord
 
     if not path.is_file():
         raise CheckpointError(f"{path.parent} has no {path.name}", hint="resume a run directory written by 'gradfit train'")
@@ -229,7 +229,6 @@ def load_run(run_dir: Path, overrides=()):
     Only ``train.*`` settings may be overridden (more epochs, another tolerance...):
     anything else would make it another experiment.
     """
-    from gradfit.config.loading import load_config
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

@@ -13,22 +13,28 @@ from typing import Callable, Optional
 
 import torch
 
+from gradfit import parallel
 from gradfit.config.loading import dump_yaml
 from gradfit.config.schema import Config
+from gradfit.data.resolve import resolve_config
 from gradfit.data.sources import MemoryRows, RowSource
 from gradfit.data.split import STREAM_BATCH, STREAM_INIT, STREAM_PLOT, Dataset, Split, generator, split_rows
 from gradfit.data.tables import load_dataset
+from gradfit.errors import DataError
 from gradfit.models import losses
 from gradfit.models.build import build_model
 from gradfit.models.regression import DESIGN_CHUNK_ROWS, RegressionModel
 from gradfit.optim import plan as optim
 from gradfit.optim.steppers import facts
 from gradfit.parallel import resolve_device
-from gradfit.results.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from gradfit.results import plots
+from gradfit.results.checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
 from gradfit.results.exact import exact_fit
 from gradfit.results.metrics import evaluate_sets, predict_rows, target_variance
 from gradfit.results.rundir import make_run_dir, write_history, write_json, write_text
 from gradfit.results.uncertainty import standard_errors
+from gradfit.train import resume as rs
+from gradfit.train import shards, streamed
 from gradfit.train.loop import Callbacks, EpochRecord, LoopSettings, StartFrom, TrainData, TrainResult, TrainRows, fit
 from gradfit.train.prepared import Prepared
 from gradfit.train.stopping import StopState
@@ -73,20 +79,13 @@ def prepare(cfg: Config) -> Prepared:
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
     if cfg.model.kind == "formula":
-        from gradfit.data.resolve import resolve_config
-
         cfg = resolve_config(cfg)  # target and input columns from the formula, checked against the data
-    from gradfit import parallel
     dist = parallel.setup(device)  # SINGLE without torchrun
     # Where the rows live, decided here once (Prepared.rows, data/sources.py): streamed from
     # Parquet, each torchrun rank its shard, or all of them in this process's memory.
     if cfg.data.streaming:
-        from gradfit.train import streamed
-
         return streamed.prepare(cfg, dist, dist.device or device, t0)
     if dist.enabled:
-        from gradfit.train import shards
-
         return shards.prepare(cfg, dist, device, t0)
     ds = load_dataset(cfg)
     split = split_rows(ds.n_rows, cfg.data.split.val, cfg.data.split.test, cfg.seed)
@@ -113,13 +112,13 @@ def prepare(cfg: Config) -> Prepared:
 
 def _column_major(cfg: Config, device: torch.device, split: Split) -> bool:
     """Whether the training design is stored column by column: a linear head trained on mse over
-    the whole design on the CPU, whose one-pass gradient reads that layout fastest (fastopt.LinearMSE)."""
+    the whole design on the CPU, whose one-pass gradient reads that layout fastest (models.passes.LinearMSE)."""
     bs = cfg.train.batch_size
     return (
         device.type == "cpu"
         and cfg.model.kind in ("linear", "polynomial")
         and cfg.loss.kind == "mse"
-        and (bs is None or bs >= split.train.numel() or cfg.optimizer.kind == "lbfgs")
+        and (bs is None or bs >= split.train.numel() or facts(cfg.optimizer.kind).whole_design)
     )
 
 
@@ -159,8 +158,6 @@ def resume(
     Under torchrun every rank reads the run directory (a shared file system) and
     continues from the same state; rank 0 alone writes.
     """
-    from gradfit.results.checkpoint import read_checkpoint
-    from gradfit.train import resume as rs
 
     run_dir = Path(run_dir)
     cfg, state, history = rs.load_run(run_dir, overrides)
@@ -172,8 +169,6 @@ def resume(
         was = read_checkpoint(run_dir).data.get("source", {}).get("fingerprint")
         now = prep.ds.source.get("fingerprint")
         if was is not None and now is not None and was != now:
-            from gradfit.errors import DataError
-
             raise DataError(
                 f"the data changed since the run in {run_dir} started ({prep.ds.source.get('path', 'synthetic data')})",
                 hint="resuming would continue on other rows; start a new run instead",
@@ -189,7 +184,6 @@ def resume(
 
 def _train_prepared(prep: Prepared, run_dir, fresh, state, history, on_epoch, should_stop, on_start) -> RunResult:
     """The loop and the run directory, for a new run or a resumed one (``state`` and ``history``)."""
-    from gradfit.train import resume as rs
 
     cfg = prep.cfg
     model, data, loss = prep.model, prep.data, prep.loss
@@ -208,8 +202,6 @@ def _train_prepared(prep: Prepared, run_dir, fresh, state, history, on_epoch, sh
         if state is not None:
             rs.restore(state, model.head, opt, gen)
         if run_dir is not None:
-            from gradfit.results import plots
-
             plots.prepare()  # import matplotlib now (it is needed at the end): an interrupt then saves quickly
 
         def note_epoch(rec: EpochRecord) -> None:
@@ -252,7 +244,6 @@ def save_partial_run(prep: Prepared, run_dir: Path, history: list[EpochRecord], 
     The training state goes last: ``--resume`` trusts its epoch and ignores later history
     rows, so a crash between two of these writes still leaves a run that resumes.
     """
-    from gradfit.train import resume as rs
 
     cfg, ds, model = prep.cfg, prep.ds, prep.model
     cfg_dict = resolved_config_dict(cfg)
@@ -307,7 +298,6 @@ def write_run(run: RunResult, prep: Prepared) -> None:
     """Every file of the run directory, each written atomically."""
     cfg, ds, split, model = prep.cfg, prep.ds, prep.split, prep.model
     d = run.run_dir
-    from gradfit.results import plots
 
     # The figures first: a helper process (plots.start_helper) draws them while the other files are written.
     if run.result.history:

@@ -1,4 +1,4 @@
-"""Several processes, one model: torch.distributed under ``torchrun``.
+"""run.prepare for several processes under ``torchrun``: each rank its shard of the rows.
 
 ``torchrun --nproc-per-node N -m gradfit train CONFIG`` starts N copies of gradfit with
 RANK / WORLD_SIZE / LOCAL_RANK in their environment. ``setup`` reads them, joins the
@@ -27,17 +27,17 @@ import torch
 
 from gradfit.data.shards import load_shard, split_shard
 from gradfit.data.sources import ShardRows
+from gradfit.data.split import STREAM_INIT, generator
+from gradfit.models import losses
+from gradfit.models.build import build_model
+from gradfit.optim import plan as optim
 from gradfit.parallel import Dist
+from gradfit.train.loop import TrainData
+from gradfit.train.prepared import Prepared
 
 
 def prepare(cfg, dist: Dist, device: torch.device, t0: float):
     """run.prepare for a distributed run: each rank its shard, in memory."""
-    from gradfit.data.split import STREAM_INIT, generator
-    from gradfit.models import losses
-    from gradfit.models.build import build_model
-    from gradfit.optim import plan as optim
-    from gradfit.train.loop import TrainData
-    from gradfit.train.prepared import Prepared
 
     device = dist.device or device
     ds, offset, n_all = load_shard(cfg, dist)

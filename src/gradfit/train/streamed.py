@@ -17,14 +17,22 @@ memory is bounded by the row-group reader, one slice and one batch, not by the d
 from __future__ import annotations
 
 import math
+import time
 from typing import Optional
 
 import numpy as np
 import torch
 
+from gradfit.data.split import STREAM_INIT, Dataset, Split, generator
 from gradfit.data.stream import TEST, TRAIN, VAL, StreamRows, fingerprint
 from gradfit.errors import DataError
+from gradfit.models import losses
+from gradfit.models.build import build_model
+from gradfit.models.heads import DTYPES
+from gradfit.optim import plan as optim
 from gradfit.parallel import Dist
+from gradfit.train.loop import TrainData
+from gradfit.train.prepared import Prepared
 
 
 class ParquetStream(StreamRows):
@@ -122,15 +130,7 @@ def _cut(slices, sizes: list[int], empty):
 
 def prepare(cfg, dist: Dist, device: torch.device, t0: float):
     """run.prepare for data.streaming: statistics from a first pass, no rows kept in memory."""
-    import time
 
-    from gradfit.data.split import STREAM_INIT, Dataset, Split, generator
-    from gradfit.models import losses
-    from gradfit.models.build import build_model
-    from gradfit.models.heads import DTYPES
-    from gradfit.optim import plan as optim
-    from gradfit.train.loop import TrainData
-    from gradfit.train.prepared import Prepared
 
     stream = dist.agree(lambda: ParquetStream(cfg, dist))
     X, y, sets = stream.scan()  # (rank 0's sample of rows, for the plots of the run directory)

@@ -139,3 +139,15 @@ def test_importing_the_command_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_a_bad_range_is_refused(cli):
+    result = cli("solve-equations", "x**2 = 4", "--starts", "5", "--range", "3", "1")
+    assert result.exit_code == 1
+    assert "range must be two finite numbers LOW < HIGH" in result.stderr
+
+
+def test_the_gradient_optimizers_remain_available(cli):
+    result, out = solve_json(cli, *PUZZLE, "--optimizer", "lbfgs")
+    assert result.exit_code == 0, result.stderr
+    assert out["solution"] == pytest.approx({"A": 6.0, "B": 3.0, "C": 2.0, "D": 1.0}, abs=1e-9)

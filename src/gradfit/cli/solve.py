@@ -6,7 +6,7 @@ import json
 import re
 from enum import Enum
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import typer
 
@@ -15,6 +15,8 @@ from gradfit.errors import SolveError
 
 
 class Optimizer(str, Enum):
+    auto = "auto"
+    lm = "lm"
     lbfgs = "lbfgs"
     adam = "adam"
     sgd = "sgd"
@@ -44,7 +46,10 @@ def solve_equations(
         "{equations: [...], initial: {A: 0}}.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
-    optimizer: Optimizer = typer.Option(Optimizer.lbfgs, "--optimizer", help="The optimizer."),
+    optimizer: Optimizer = typer.Option(
+        Optimizer.auto, "--optimizer",
+        help="auto: a linear system solved directly, a nonlinear one by Levenberg-Marquardt (lm).",
+    ),
     lr: Optional[float] = typer.Option(
         None, "--lr", help="Learning rate (default: 1 for lbfgs, 0.1 for adam, 1/L for sgd)."
     ),
@@ -52,10 +57,11 @@ def solve_equations(
         None,
         "--max-iter",
         min=1,
-        help="Iteration cap per start (default: 1000 lbfgs, 5000 adam/sgd).",
+        help="Iteration cap per start (default: 500 auto/lm, 1000 lbfgs, 5000 adam/sgd).",
     ),
     tol: float = typer.Option(
-        1e-9, "--tol", help="Largest absolute residual (LEFT - RIGHT) accepted as a solution."
+        1e-9, "--tol", help="Largest residual (LEFT - RIGHT) accepted, relative to the size of the "
+        "equation's terms (at least 1 for a nonlinear equation).",
     ),
     init: Init = typer.Option(
         Init.zero,
@@ -68,6 +74,10 @@ def solve_equations(
     ),
     initial: List[str] = typer.Option(
         [], "--initial", metavar="NAME=VALUE", help="Starting value of one unknown (repeatable)."
+    ),
+    box: Optional[Tuple[float, float]] = typer.Option(
+        None, "--range", metavar="LOW HIGH",
+        help="Draw random starts in [LOW, HIGH] (default: a range derived from the equations).",
     ),
 ) -> None:
     """Solve a system of equations by minimizing its squared residuals with autograd.
@@ -83,7 +93,7 @@ def solve_equations(
             raise typer.BadParameter(f"no such option: {text.split('=')[0]}")
     given = gather_inputs(equations or [], file, initial)
     result = solve(given.equations, initial=given.initial, init=init.value, seed=seed, optimizer=optimizer.value,
-                   lr=lr, max_iter=max_iter, tol=tol, starts=starts, labels=given.labels)
+                   lr=lr, max_iter=max_iter, tol=tol, starts=starts, labels=given.labels, box=box)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2, allow_nan=False))
     else:
@@ -123,8 +133,9 @@ def _render(result) -> None:
         found = Table()
         for name in result.unknowns:
             found.add_column(escape(name), justify="right")
-        for point in result.solutions:
-            found.add_row(*(_number(v) for v in point.values()))
+        found.add_column("multiple")
+        for point, multiple in zip(result.solutions, result.multiple):
+            found.add_row(*(_number(v) for v in point.values()), "yes" if multiple else "")
         console.print(f"[bold]Distinct solutions found[/] ({len(result.solutions)})")
         console.print(found)
 

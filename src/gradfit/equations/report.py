@@ -33,6 +33,7 @@ class SolveResult:
     hint: str | None = None
     free_directions: list[dict[str, float]] = field(default_factory=list)
     solutions: list[dict[str, float]] = field(default_factory=list)
+    multiple: list[bool] = field(default_factory=list)  # per solution: a multiple (singular) root
     starts: int = 1
     tol: float = 1e-9
     seconds: float = 0.0
@@ -60,6 +61,7 @@ class SolveResult:
         }
         if self.starts > 1:
             out["solutions"] = self.solutions
+            out["multiple"] = self.multiple
         return out
 
 
@@ -68,26 +70,12 @@ def max_residual(run: Run) -> float:
     return float(run.residuals.abs().max()) if run.residuals.numel() else 0.0
 
 
-def pick_best(runs: list[Run], tol: float) -> Run:
-    """The first run that solves the system (the configured start first), else the lowest loss."""
+def pick_best(runs: list[Run], solves) -> Run:
+    """The first run that solves the system (``solves(run)``; the configured start first), else the lowest loss."""
     for r in runs:
-        if max_residual(r) <= tol:
+        if solves(r):
             return r
     return min(runs, key=lambda r: r.loss)
-
-
-def _same(a: list[float], b: list[float]) -> bool:
-    scale = max([1.0] + [abs(v) for v in a])
-    return max(abs(p - q) for p, q in zip(a, b)) <= 1e-6 * scale
-
-
-def distinct_solutions(runs: list[Run], unknowns: list[str]) -> list[dict[str, float]]:
-    points: list[list[float]] = []
-    for r in runs:
-        p = r.x.tolist()
-        if not any(_same(p, q) for q in points):
-            points.append(p)
-    return [dict(zip(unknowns, p)) for p in points]
 
 
 def jacobian_rank(sv: torch.Tensor, shape, linear: bool) -> int:
@@ -142,9 +130,11 @@ def describe(
     found,
     max_iter,
     optimizer,
+    singular=False,
+    multiple=0,
 ):
     """status, note and hint for the result."""
-    free = n - rank
+    free = 0 if rank is None else n - rank
 
     def which(noun: str) -> str:
         return f"the minimum-norm {noun}" if from_zero else f"the {noun} nearest the starting point"
@@ -181,13 +171,26 @@ def describe(
             "try --starts 20, or other starting values (--initial NAME=VALUE)",
         )
     if linear:
-        if free:
+        if rank is None:
+            note = "linear; solved by sparse least squares (the rank of a system this large is not determined)"
+        elif free:
             note = f"underdetermined: {_count(free, 'free direction')}; this is {which('solution')}"
         else:
             note = "linear; the solution is unique"
         return "solved", note, None
+    note = _nonlinear_note(rank, n, singular, starts, found, tried, multiple, recovered, moved)
+    return "solved", note, None
+
+
+def _nonlinear_note(rank, n, singular, starts, found, tried, multiple, recovered, moved) -> str:
+    """The note on a solved nonlinear system: rank there, solutions found, which start."""
     if rank == n:
         note = "nonlinear; the Jacobian has full rank here, so this solution is locally unique"
+    elif singular:
+        note = (
+            f"nonlinear; singular solution: the Jacobian has rank {rank} of {n} here "
+            "(a multiple root, or a root where the equations are dependent)"
+        )
     else:
         note = (
             f"nonlinear; the Jacobian has rank {rank} of {n} here, "
@@ -195,6 +198,8 @@ def describe(
         )
     if starts > 1:
         note += f"; {_count(found, 'distinct solution')} found in {_count(tried, 'start')}"
+        if multiple:
+            note += f" ({multiple} of them multiple: the Jacobian is singular there)"
     else:
         note += "; other solutions may exist (try --starts 10)"
     if recovered:
@@ -203,4 +208,4 @@ def describe(
         )
     elif moved:
         note += "; found from a random start (the first start gave non-finite values)"
-    return "solved", note, None
+    return note

@@ -11,7 +11,13 @@ reports what the system is like around the point found:
 - for a linear system, consistency from a closed-form least-squares check
   computed beside the optimizer, and the free directions (null space).
 
-The optimizers are gradfit's own (L-BFGS, Adam, gradient descent from ``gradfit.optim``),
+By default (``optimizer="auto"``) a linear system is solved directly (``equations.linear``:
+the matrix read off the trees, equilibrated, factored, refined) and a nonlinear one by
+Levenberg-Marquardt on the autograd Jacobian (``equations.newton``); whether an equation holds
+is judged relative to the size of its terms (``equations.point.Judge``), and random starts
+come from a box derived from the equations (``equations.starts``) or given (``box``).
+
+The other optimizers are gradfit's own (L-BFGS, Adam, gradient descent from ``gradfit.optim``),
 driven by ``equations.minimize`` with the solver's stopping rule. Gradient iterates
 started at zero stay in the row space of a linear system, so from the default zero
 start an underdetermined consistent system converges to its minimum-norm solution
@@ -23,12 +29,15 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Literal, Mapping, Sequence
 
 from gradfit.equations.files import EquationFile, closest, read_equation_file
+from gradfit.equations.linear import read_coefficients, solve_linear
 from gradfit.equations.minimize import run_first_order, run_lbfgs
-from gradfit.equations.report import SolveResult, describe, distinct_solutions, free_direction, is_consistent, jacobian_rank, max_residual, pick_best
+from gradfit.equations.newton import run_lm
+from gradfit.equations.point import Judge, Point
+from gradfit.equations.report import SolveResult, describe, pick_best
+from gradfit.equations.starts import latin_hypercube, start_box
 from gradfit.equations.system import Run, System, finite
 from gradfit.errors import EquationError, SolveError
 from gradfit.expr.nodes import Equation, ExprError
@@ -39,12 +48,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["SolveResult", "EquationFile", "solve", "read_equation_file"]
 
-OPTIMIZERS = ("lbfgs", "adam", "sgd")
-DEFAULT_MAX_ITER = {"lbfgs": 1000, "adam": 5000, "sgd": 5000}
+# auto: a linear system solved directly (linear.py), a nonlinear one by Levenberg-Marquardt
+OPTIMIZERS = ("auto", "lm", "lbfgs", "adam", "sgd")
+DEFAULT_MAX_ITER = {"auto": 500, "lm": 500, "lbfgs": 1000, "adam": 5000, "sgd": 5000}
 # sgd's None: 1/L, L the largest curvature of the loss at the start (2 sigma_max(J)^2)
-DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.1, "sgd": None}
+DEFAULT_LR = {"auto": None, "lm": None, "lbfgs": 1.0, "adam": 0.1, "sgd": None}
 MAX_STARTS = 1000
 _DOMAIN_RETRIES = 20  # fresh starts tried when a start gives a non-finite value
+_BOX_UNKNOWNS = 20  # up to this many unknowns the box of random starts is derived from the equations
 _RECOVERY_STARTS = 10  # random starts tried when no requested start solves a nonlinear system
 
 
@@ -54,12 +65,13 @@ def solve(
     initial: Mapping[str, float] | None = None,
     init: Literal["zero", "random"] = "zero",
     seed: int = 0,
-    optimizer: Literal["lbfgs", "adam", "sgd"] = "lbfgs",
+    optimizer: Literal["auto", "lm", "lbfgs", "adam", "sgd"] = "auto",
     lr: float | None = None,
     max_iter: int | None = None,
     tol: float = 1e-9,
     starts: int = 1,
     labels: Sequence[str] | None = None,
+    box: tuple[float, float] | None = None,
 ) -> SolveResult:
     """Solve ``LEFT = RIGHT`` equations for their unknowns by minimizing the squared residuals.
 
@@ -72,7 +84,7 @@ def solve(
     for text that does not parse and ``SolveError`` when no start can be
     evaluated; a system with no solution is a result (``status``), not an error.
     """
-    _check_options(optimizer, lr, max_iter, tol, starts, init)
+    _check_options(optimizer, lr, max_iter, tol, starts, init, box)
     parsed = _parse_all(equations, labels)
     unknowns = list(dict.fromkeys(name for eq in parsed for name in eq.names))
     if not unknowns:
@@ -81,19 +93,27 @@ def solve(
 
     t0 = time.perf_counter()  # solver time, torch's import excluded
     system = System(parsed, unknowns)
-    linear = all(eq.is_affine_in(unknowns) for eq in parsed)
+    names = frozenset(unknowns)  # built once: ten thousand equations ask it
+    linear = all(eq.is_affine_in(names) for eq in parsed)
+    coefs = read_coefficients(parsed, unknowns) if linear else None
+    judge = Judge(system, coefs, tol)
+    search = _Search(system, _initial_vector(unknowns, initial or {}), seed, labels, starts, box)
     max_iter = max_iter or DEFAULT_MAX_ITER[optimizer]
-    run = _runner(system, optimizer, lr if lr is not None else DEFAULT_LR[optimizer], max_iter, tol)
-    search = _Search(system, _initial_vector(unknowns, initial or {}), seed, labels)
-    x0, moved = search.first_start(init)
-    runs = _runs(search, run, x0, linear, starts, tol)
-    best = pick_best(runs, tol)
-    point = _Point.of(system, best, x0, linear, tol)
-    solutions = point.solutions(runs, tol)
+    if optimizer == "auto" and coefs is not None:  # linear: solved directly
+        x0, moved = search.first_start(init, check=False)
+        point, runs = _direct(system, coefs, x0, judge)
+    else:
+        run = _runner(system, optimizer, lr if lr is not None else DEFAULT_LR[optimizer], max_iter, tol)
+        search.residual_steps = optimizer in ("auto", "lm")
+        x0, moved = search.first_start(init)
+        runs = _runs(search, run, x0, linear, starts, judge)
+        point = Point.of(system, pick_best(runs, judge.solves), x0, linear, judge)
+    best = pick_best(runs, judge.solves)
+    solutions = point.solutions(system, runs, judge)
     status, note, hint = describe(
         linear=linear,
         consistent=point.consistent,
-        solved=point.max_abs_residual <= tol,
+        solved=point.holds,
         run=best,
         rank=point.rank,
         n=len(unknowns),
@@ -105,31 +125,34 @@ def solve(
         found=len(solutions),
         max_iter=max_iter,
         optimizer=optimizer,
+        singular=point.singular,
+        multiple=sum(point.multiple),
     )
     return SolveResult(
-        unknowns=unknowns,
-        equations=[eq.text for eq in parsed],
-        converged=best.converged,
-        iterations=best.iterations,
-        status=status,
-        note=note,
-        hint=hint,
-        solutions=solutions,
-        starts=starts,
-        tol=tol,
-        seconds=time.perf_counter() - t0,
-        **point.fields(),
+        unknowns=unknowns, equations=[eq.text for eq in parsed], converged=best.converged,
+        iterations=best.iterations, status=status, note=note, hint=hint, solutions=solutions,
+        starts=starts, tol=tol, seconds=time.perf_counter() - t0, **point.fields(),
     )
+
+
+def _direct(system: System, coefs, x0: torch.Tensor, judge: Judge) -> tuple[Point, list[Run]]:
+    """The direct solve of a linear system, as a point and the one run that found it."""
+    solution = solve_linear(coefs, x0.numpy())
+    point = Point.direct(system, solution, judge)
+    residuals = point.residuals
+    return point, [Run(point.x, float((residuals**2).sum()), residuals, solution.iterations, True, "direct")]
 
 
 def _runner(system: System, optimizer: str, lr: float | None, max_iter: int, tol: float) -> Callable[[torch.Tensor], Run]:
-    """One run of the chosen optimizer from a start."""
+    """One run of the chosen optimizer from a start (auto: Levenberg-Marquardt)."""
+    if optimizer in ("auto", "lm"):
+        return lambda x0: run_lm(system, x0, max_iter, tol)
     if optimizer == "lbfgs":
         return lambda x0: run_lbfgs(system, x0, lr, max_iter, tol)
     return lambda x0: run_first_order(system, x0, lr, max_iter, tol, adam=optimizer == "adam")
 
 
-def _runs(search: _Search, run: Callable, x0: torch.Tensor, linear: bool, starts: int, tol: float) -> list[Run]:
+def _runs(search: _Search, run: Callable, x0: torch.Tensor, linear: bool, starts: int, judge: Judge) -> list[Run]:
     """The run from x0, then from random starts: the requested ones and, for a nonlinear system
     that none of them solves, recovery starts."""
     runs = [run(x0)]
@@ -139,94 +162,55 @@ def _runs(search: _Search, run: Callable, x0: torch.Tensor, linear: bool, starts
     # recover with fresh starts until one solves it, unless runs end at the iteration cap
     # (more starts would not help there).
     for _ in range(0 if linear else _RECOVERY_STARTS):
-        if any(max_residual(r) <= tol for r in runs) or not runs[-1].converged:
+        if any(judge.solves(r) for r in runs) or not runs[-1].converged:
             break
         search.run_random(run, runs)
     return runs
 
 
-@dataclass
-class _Point:
-    """The point reported, and the system around it: rank, free directions, consistency."""
-
-    unknowns: list[str]
-    linear: bool
-    x: torch.Tensor
-    residuals: torch.Tensor
-    rank: int
-    free: list[dict[str, float]]
-    consistent: bool | None  # None for a nonlinear system
-
-    @classmethod
-    def of(cls, system: System, best: Run, x0: torch.Tensor, linear: bool, tol: float) -> _Point:
-        import torch  # (imported here for start-up time)
-
-        x, residuals = best.x, best.residuals
-        jac = system.jacobian(x)  # (m, n)
-        _, sv, vh = torch.linalg.svd(jac, full_matrices=True)
-        rank = jacobian_rank(sv, jac.shape, linear)
-        if not linear:
-            return cls(system.unknowns, linear, x, residuals, rank, [], None)
-        null = vh[rank:]  # (n - rank, n): orthonormal basis of the free directions
-        # Remove any drift along the null space (Adam's can be real): the point nearest
-        # the start, the minimum-norm one from zero. The residuals do not change.
-        x = x - null.T @ (null @ (x - x0))
-        free = [free_direction(system.unknowns, v) for v in null]
-        return cls(system.unknowns, linear, x, system.residuals(x).detach(), rank, free, is_consistent(system, jac, tol))
-
-    def fields(self) -> dict:
-        """The SolveResult fields that describe the point."""
-        return dict(
-            solution=self.solution,
-            residuals=self.residuals.tolist(),
-            max_abs_residual=self.max_abs_residual,
-            linear=self.linear,
-            rank=self.rank,
-            unique=self.rank == len(self.unknowns),
-            free_directions=self.free,
-        )
-
-    @property
-    def max_abs_residual(self) -> float:
-        return float(self.residuals.abs().max())
-
-    @property
-    def solution(self) -> dict[str, float]:
-        return dict(zip(self.unknowns, self.x.tolist()))
-
-    def solutions(self, runs: list[Run], tol: float) -> list[dict[str, float]]:
-        """The solutions found: this one (linear), or the distinct points of the runs that solve it."""
-        if self.linear:
-            return [self.solution] if self.max_abs_residual <= tol else []
-        return distinct_solutions([r for r in runs if max_residual(r) <= tol], self.unknowns)
-
-
 class _Search:
-    """Starting points: the configured one, then seeded random draws; all with finite values."""
+    """Starting points: the configured one, then seeded random draws (a Latin hypercube over a box
+    derived from the system, or ``box``); all with finite values."""
 
-    def __init__(self, system: System, start: torch.Tensor, seed: int, labels):
+    def __init__(self, system: System, start: torch.Tensor, seed: int, labels, starts: int, box):
+        import numpy as np  # (imported here for start-up time)
         import torch  # (imported here for start-up time)
 
         self.system = system
         self.labels = labels
         self.start = start  # NaN where no initial value is given
         self.given = ~torch.isnan(start)
-        self.generator = torch.Generator().manual_seed(seed)
-        # random starts on the scale of the given values (at least 1)
-        self.scale = max([1.0] + start[self.given].abs().tolist())
+        self.rng = np.random.default_rng(seed)
+        self.box = box  # (low, high) for every unknown, or None: derived when first needed
+        self.starts = starts
+        self.drawn: list = []
+        self.residual_steps = False  # set for Levenberg-Marquardt: its starts need finite residuals only
 
     def draw(self) -> torch.Tensor:
+        import numpy as np  # (imported here for start-up time)
         import torch  # (imported here for start-up time)
 
-        n = len(self.start)
-        return torch.randn(n, generator=self.generator, dtype=torch.float64) * self.scale
+        if not self.drawn:
+            n = len(self.start)
+            if self.box is not None:
+                low, high = np.full(n, float(self.box[0])), np.full(n, float(self.box[1]))
+            else:
+                centre = torch.where(self.given, self.start, torch.zeros_like(self.start)).numpy()
+                half = start_box(self.system, centre) if n <= _BOX_UNKNOWNS else np.maximum(1.0, np.abs(centre))
+                low, high = -half, half
+            self.drawn = list(latin_hypercube(max(self.starts, 1), low, high, self.rng)[::-1])
+            self.low, self.high = low, high
+        if len(self.drawn) > 1:
+            return torch.from_numpy(self.drawn.pop())
+        return torch.from_numpy(self.low + self.rng.random(len(self.low)) * (self.high - self.low))
 
-    def first_start(self, init: str) -> tuple[torch.Tensor, bool]:
+    def first_start(self, init: str, check: bool = True) -> tuple[torch.Tensor, bool]:
         """The configured start, or a draw (given values kept) if it is not finite there."""
         import torch  # (imported here for start-up time)
 
         rest = self.draw() if init == "random" else torch.zeros_like(self.start)
-        return self._finite(torch.where(self.given, self.start, rest), self.given)
+        x0 = torch.where(self.given, self.start, rest)
+        return self._finite(x0, self.given) if check else (x0, False)
 
     def run_random(self, run: Callable, runs: list[Run]) -> None:
         """One more run from a random start; skipped if no finite start turns up."""
@@ -245,8 +229,12 @@ class _Search:
 
         x = x0
         for attempt in range(_DOMAIN_RETRIES + 1):
-            loss, grad, _ = self.system.value_and_grad(x)
-            if finite(loss, grad):
+            if self.residual_steps:  # Levenberg-Marquardt needs residuals and Jacobian, not the squared loss
+                ok = bool(torch.isfinite(self.system.residuals(x)).all() and torch.isfinite(self.system.jacobian(x)).all())
+            else:
+                loss, grad, _ = self.system.value_and_grad(x)
+                ok = finite(loss, grad)
+            if ok:
                 return x, attempt > 0
             x = torch.where(keep, x0, self.draw())
         # Name the equations that fail at the first start.
@@ -266,7 +254,9 @@ class _Search:
         )
 
 
-def _check_options(optimizer, lr, max_iter, tol, starts, init) -> None:
+def _check_options(optimizer, lr, max_iter, tol, starts, init, box) -> None:
+    if box is not None and not (len(box) == 2 and all(math.isfinite(v) for v in box) and box[0] < box[1]):
+        raise SolveError(f"range must be two finite numbers LOW < HIGH, not {box!r}", hint="e.g. --range -10 10")
     if optimizer not in OPTIMIZERS:
         raise SolveError(
             f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {optimizer!r}",

@@ -28,6 +28,15 @@ class System:
         env = dict(zip(self.unknowns, x.unbind()))
         return torch.stack([eq.residual(env).reshape(()) for eq in self.equations])
 
+    def sizes(self, x: torch.Tensor) -> torch.Tensor:
+        """(n,) -> (m,): max(1, |LEFT|, |RIGHT|) of each equation, the scale its residual is judged on
+        (relative for large sides; absolute near zero, where a root of a polynomial lies)."""
+        import torch  # (imported here for start-up time)
+
+        env = dict(zip(self.unknowns, x.detach().unbind()))
+        sides = [max(1.0, abs(float(eq.left.to_torch(env))), abs(float(eq.right.to_torch(env)))) for eq in self.equations]
+        return torch.tensor(sides, dtype=torch.float64)
+
     def value_and_grad(self, x: torch.Tensor):
         """Loss sum(r**2) as a float, its gradient (n,), and the residuals (m,)."""
         import torch  # (imported here for start-up time)

@@ -401,3 +401,67 @@ class Equation:
 
     def __str__(self) -> str:
         return f"{self.left} = {self.right}"
+
+
+# --------------------------------------------------------------------------- affine coefficients
+
+
+def affine_coefficients(expr: Expr, unknowns: Iterable[str]) -> tuple[dict[str, float], float] | None:
+    """``expr`` as ``sum(coef[name] * name) + constant`` over the unknowns, read off the tree
+    (no autograd), or None when it is not affine in them (see ``Expr.is_affine_in``) or uses
+    another name. Coefficients follow the tree's own operations, so rounding is the tree's."""
+    return _affine(expr.node, frozenset(unknowns))
+
+
+def _affine(node: _Node, unknowns: frozenset[str]):
+    if isinstance(node, (_Num, _Const)):
+        return {}, float(node.value if isinstance(node, _Num) else CONSTANTS[node.name])
+    if isinstance(node, _Name):
+        return ({node.id: 1.0}, 0.0) if node.id in unknowns else None
+    if isinstance(node, _Unary):
+        inner = _affine(node.operand, unknowns)
+        return inner if inner is None or node.op == "+" else _scaled(inner, -1.0)
+    if isinstance(node, _Call):
+        inner = _affine(node.arg, unknowns)
+        if inner is None or inner[0]:
+            return None
+        _, funcs = _torch_ops()
+        return {}, _on_scalars(funcs[node.func], inner[1])
+    if isinstance(node, _Sum):
+        acc = _affine(node.first, unknowns)
+        for op, term in node.rest:
+            acc = _added(acc, _affine(term, unknowns), op)
+        return acc
+    left, right = _affine(node.left, unknowns), _affine(node.right, unknowns)
+    if left is None or right is None:
+        return None
+    if node.op in "+-":
+        return _added(left, right, node.op)
+    if node.op == "*":
+        if left[0] and right[0]:
+            return None
+        return _scaled(left, right[1]) if not right[0] else _scaled(right, left[1])
+    if right[0]:
+        return None
+    if node.op == "/":
+        if right[1] == 0.0:
+            return None  # left to the evaluation, which names the equation
+        return {k: v / right[1] for k, v in left[0].items()}, left[1] / right[1]
+    if not left[0]:  # "**" of constants
+        return {}, _on_scalars(lambda a, b: a**b, left[1], right[1])
+    return left if right[1] == 1.0 else ({}, 1.0) if right[1] == 0.0 else None
+
+
+def _scaled(term, factor: float):
+    coefs, constant = term
+    return {k: v * factor for k, v in coefs.items()}, constant * factor
+
+
+def _added(acc, term, op: str):
+    if acc is None or term is None:
+        return None
+    coefs = dict(acc[0])
+    sign = 1.0 if op == "+" else -1.0
+    for k, v in term[0].items():
+        coefs[k] = coefs.get(k, 0.0) + sign * v
+    return coefs, acc[1] + sign * term[1]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
@@ -81,19 +82,60 @@ def read_text_input(path: str | Path, what: str, error: type[GradfitError] = Gra
         raise error(f"{p}: not a text file (it is not valid UTF-8)") from None
 
 
+class WriteError(GradfitError):
+    """A file could not be written: no space, a read-only file system, no permission, a size limit."""
+
+
+def _write_hint(exc: OSError) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free some space on that disk, or write elsewhere (--out, or output.dir in the config)"
+    if exc.errno == errno.EFBIG:
+        return "raise the file-size limit (ulimit -f), or write elsewhere (--out, or output.dir in the config)"
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return "choose a directory you can write to (--out, or output.dir in the config)"
+    return "check the path, or write elsewhere (--out, or output.dir in the config)"
+
+
+def write_error(path: str | Path, exc: OSError, what: str = "") -> WriteError:
+    """The user error for an OSError met while writing ``path``: the path, the cause, what to do."""
+    return WriteError(f"cannot write {what + ' ' if what else ''}{path}: {os_cause(exc)}", hint=_write_hint(exc))
+
+
+def _library_os_error(exc: BaseException) -> OSError | None:
+    """The OSError inside a writer's own error: safetensors (Rust) reports one as text ending in '(os error 28)'."""
+    found = re.search(r"\(os error (\d+)\)", str(exc)) if type(exc).__name__ == "SafetensorError" else None
+    return OSError(int(found.group(1)), os.strerror(int(found.group(1)))) if found else None
+
+
+def _unlink_quietly(path) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path):
-    """Yield a temporary path beside ``path``; on success rename it over ``path`` (never half-written)."""
+    """Yield a temporary path beside ``path``; on success rename it over ``path`` (never half-written).
+
+    An OSError of the writing (in the ``with`` body too) becomes a WriteError naming ``path``.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise write_error(path, exc) from None
     try:
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    except OSError as exc:
+        _unlink_quietly(tmp)
+        raise write_error(path, exc) from None
+    except BaseException as exc:
+        _unlink_quietly(tmp)
+        os_error = _library_os_error(exc)
+        if os_error is not None:
+            raise write_error(path, os_error) from None
         raise
 
 

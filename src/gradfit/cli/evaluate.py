@@ -71,12 +71,13 @@ def predict(
     columns: List[str] = typer.Option(
         [], "--columns", help="Output only these columns, in this order (comma-separated or repeated; 'prediction' names the predictions).", metavar="COLS"
     ),
+    force: bool = typer.Option(False, "--force", help="Write --out even inside a run directory."),
 ) -> None:
     """Predict every row of a data file: its columns plus a 'prediction' column, as CSV."""
     from gradfit.results.evaluate import predict_file  # (imported here for start-up time)
 
     imports_done()
-    res = predict_file(checkpoint, data, out=out, columns=columns or None)
+    res = predict_file(checkpoint, data, out=out, columns=columns or None, force=force)
     err = stderr_console()
     for note in res.notes:
         err.print(f"[yellow]note:[/] {note}")

@@ -10,6 +10,7 @@ import csv
 from pathlib import Path
 
 from gradfit.errors import DataError
+from gradfit.files import check_regular_file, os_cause
 
 
 def read_columns(path: Path) -> list[str]:
@@ -18,6 +19,8 @@ def read_columns(path: Path) -> list[str]:
         raise DataError(f"data file not found: {path}", hint="check data.path (relative paths start at the config file)")
     if path.is_dir():
         raise DataError(f"data path {path} is a directory, not a .csv or .parquet file")
+    # A FIFO would block the read forever and a device (/dev/zero, also behind a symlink) never ends.
+    check_regular_file(path, "data file", DataError)
     try:
         if is_parquet(path):
             import pyarrow.parquet as pq  # (imported here for start-up time)
@@ -63,6 +66,76 @@ def _small_csv(path: Path):
     if len(set(header)) != len(header) or not all(header) or any(len(r) != len(header) for r in rows):
         return None
     return header, rows[1:]
+
+
+# Bytes read at a time by check_csv_shape (numpy counts the separators of each line of a block).
+SHAPE_BLOCK_BYTES = 1 << 23
+
+
+def check_csv_shape(path: Path) -> None:
+    """Every non-blank line of a CSV has as many fields as its header, else a DataError naming the line.
+
+    (pandas fills a short row with missing values and takes a long one's extra fields for an index.)
+    A file without quotes is checked by counting commas, a block at a time; one with quotes by the csv module.
+    """
+    import numpy as np  # (imported here for start-up time)
+
+    try:
+        with open(path, "rb") as f:
+            line, expected, rest = 0, None, b""
+            while True:
+                block = f.read(SHAPE_BLOCK_BYTES)
+                if b'"' in block:
+                    return _check_quoted_csv_shape(path)
+                data = rest + block
+                if not block:
+                    data += b"\n" if data else b""
+                cut = data.rfind(b"\n") + 1
+                if cut == 0:
+                    if not block:
+                        return
+                    rest = data
+                    continue
+                buf, rest = np.frombuffer(data, np.uint8, cut), data[cut:]
+                ends = np.flatnonzero(buf == 10)
+                starts = np.concatenate(([0], ends[:-1] + 1))
+                at = np.flatnonzero(buf == 44)  # the commas' positions: commas of a line between its start and end
+                commas = np.searchsorted(at, ends) - np.searchsorted(at, starts)
+                lengths = ends - starts - (buf[np.maximum(ends - 1, 0)] == 13)
+                keep = np.flatnonzero(lengths > 0)  # blank lines are skipped, as pandas does
+                if expected is None and len(keep):
+                    expected = int(commas[keep[0]]) + 1
+                bad = keep[commas[keep] + 1 != expected]
+                if len(bad):
+                    _ragged(path, line + int(bad[0]) + 1, int(commas[bad[0]]) + 1, expected)
+                line += len(ends)
+                if not block:
+                    return
+    except OSError as exc:
+        raise DataError(f"cannot read data file {path}: {os_cause(exc)}") from None
+
+
+def _check_quoted_csv_shape(path: Path) -> None:
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        reader = csv.reader(f)
+        expected = None
+        try:
+            for row in reader:
+                if not row:
+                    continue
+                if expected is None:
+                    expected = len(row)
+                elif len(row) != expected:
+                    _ragged(path, reader.line_num, len(row), expected)
+        except csv.Error as exc:
+            raise DataError(f"{path}: line {reader.line_num} cannot be read as CSV: {exc}") from None
+
+
+def _ragged(path: Path, line: int, n: int, expected: int):
+    raise DataError(
+        f"{path}: line {line} has {n} field{'s' if n != 1 else ''} where the header has {expected}",
+        hint="every row needs one value per column (a comma inside a number, as in 1,000, splits it; quote such values)",
+    )
 
 
 def select_columns(columns: list[str], target: str, features: list[str] | None, path) -> list[str]:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from gradfit.config.schema import Config, DataConfig
-from gradfit.data.columns import _small_csv, is_parquet, read_columns, select_columns, select_synthetic_columns
+from gradfit.data.columns import _small_csv, check_csv_shape, is_parquet, read_columns, select_columns, select_synthetic_columns
 from gradfit.data.split import Dataset
 from gradfit.data.synthetic import _synthetic
 from gradfit.errors import DataError
@@ -74,9 +74,9 @@ def read_frame(path: Path, columns: list[str]):
             return pd.read_parquet(path, columns=columns)
         # float64 directly where the text allows; a non-numeric column falls back to object.
         try:
-            return pd.read_csv(path, usecols=columns, dtype={c: "float64" for c in columns}, engine="c")
+            return pd.read_csv(path, usecols=columns, dtype={c: "float64" for c in columns}, engine="c", index_col=False)
         except ValueError:
-            return pd.read_csv(path, usecols=columns)
+            return pd.read_csv(path, usecols=columns, index_col=False)
     except Exception as exc:
         raise DataError(f"{path}: cannot read it: {exc}") from None
 
@@ -178,9 +178,15 @@ def load_dataset(cfg: Config) -> Dataset:
         # The file's digest on another thread while it is parsed (hashlib lets go of the GIL for
         # large buffers, and so do pyarrow and pandas' C parser): 0.2 s of a 250 MB file's load.
 
-        with ThreadPoolExecutor(1) as pool:
+        # The rows' field counts too (pandas would pad a short row and take a long one's fields for an index).
+        with ThreadPoolExecutor(2) as pool:
             pending = pool.submit(fingerprint, path)
-            frame = read_frame(path, feats + [dc.target])
+            shape = pool.submit(check_csv_shape, path) if not is_parquet(path) else None
+            try:
+                frame = read_frame(path, feats + [dc.target])
+            finally:
+                if shape is not None:
+                    shape.result()  # (a ragged row is the true cause of a parse error too)
             if len(frame) == 0:
                 raise DataError(f"{path}: the file has a header but no rows", hint="add the data rows below the header")
             X, y, notes = frame_to_arrays(frame, feats, dc.target, path, dc.dropna)
@@ -221,8 +227,10 @@ def load_table(path: Path, feature_names: list[str], target: Optional[str], requ
         )
     import pandas as pd  # (imported here for start-up time)
 
+    if not is_parquet(path):
+        check_csv_shape(path)
     try:
-        frame = pd.read_parquet(path) if is_parquet(path) else pd.read_csv(path)
+        frame = pd.read_parquet(path) if is_parquet(path) else pd.read_csv(path, index_col=False)
     except Exception as exc:
         raise DataError(f"{path}: cannot read it: {exc}") from None
     if len(frame) == 0:

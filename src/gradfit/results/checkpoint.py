@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gradfit.errors import CheckpointError, DataError
+from gradfit.files import check_regular_file
 
 CHECKPOINT_NAME = "model.safetensors"
 FORMAT = "gradfit-checkpoint"
@@ -61,7 +62,7 @@ def save_checkpoint(path: Path, model, *, config: dict, data: dict, extra: dict 
         "extra": json.dumps(extra or {}),
         "tensors_sha256": tensors_digest(tensors),
     }
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:  # (an I/O error of safetensors' writer is a WriteError too)
         save_file(tensors, str(tmp), metadata=meta)
 
 
@@ -75,13 +76,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
         raise CheckpointError(f"checkpoint not found: {path}", hint="give a run directory or the model.safetensors in it")
     if path.is_dir():
         p = path / CHECKPOINT_NAME
-        if not p.is_file():
+        if not p.exists():
             raise CheckpointError(
                 f"{path} is a directory without a {CHECKPOINT_NAME}",
                 hint="give the run directory that 'gradfit train' printed",
             )
-        return p
-    return path
+        return check_regular_file(p, "the checkpoint", CheckpointError)
+    return check_regular_file(path, "the checkpoint", CheckpointError)
 
 
 def _looks_like_text(head: bytes) -> bool:
@@ -102,13 +103,22 @@ def _refuse(p: Path, reason: str, hint: str = COPY_HINT) -> CheckpointError:
     return CheckpointError(f"{p} cannot be loaded as a gradfit checkpoint: {reason}", hint=hint)
 
 
+def _tensor_end(name: str, entry) -> int:
+    """Where a tensor's bytes end, from its header entry: two whole numbers, begin <= end (not 1e400)."""
+    offsets = entry["data_offsets"] if isinstance(entry, dict) else None
+    if not (isinstance(offsets, list) and len(offsets) == 2
+            and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets) and 0 <= offsets[0] <= offsets[1]):
+        raise ValueError(f"tensor {name[:80]!r} has data_offsets {str(offsets)[:80]}, not two whole numbers begin <= end")
+    return offsets[1]
+
+
 def check_layout(p: Path) -> dict:
     """Check a file's safetensors layout without trusting it; return its parsed JSON header.
 
     Refuses, each with its own message: an empty file, a zip (torch.save), a pickle,
     a text file, a truncated file, a file with bytes after its tensors.
     """
-    size = p.stat().st_size
+    size = check_regular_file(p, "the checkpoint", CheckpointError).stat().st_size
     with p.open("rb") as f:
         head = f.read(64)
         if size == 0:
@@ -142,7 +152,9 @@ def check_layout(p: Path) -> dict:
         header = json.loads(raw.decode("utf-8"))
         if not isinstance(header, dict):
             raise ValueError("the header is not a JSON object")
-        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+        ends = [_tensor_end(k, v) for k, v in header.items() if k != "__metadata__"]
+    except RecursionError:
+        raise _refuse(p, "its safetensors header is nested too deeply to be a checkpoint's") from None
     except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as exc:
         raise _refuse(p, f"its safetensors header is damaged ({exc})") from None
     expected = 8 + n + max(ends, default=0)
@@ -214,6 +226,8 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         fields = {k: json.loads(meta[k]) for k in ("spec", "config", "data", "extra")}
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise _refuse(p, f"its records are damaged or missing ({type(exc).__name__}: {exc})") from None
+    except RecursionError:
+        raise _refuse(p, "its records are nested too deeply to be a checkpoint's") from None
     _check_spec(p, fields["spec"], written_by)
 
     from safetensors import SafetensorError  # (imported here for start-up time)

@@ -224,11 +224,13 @@ def predict_file(
     data: str | Path,
     out: str | Path | None = None,
     columns: Optional[Sequence[str]] = None,
+    force: bool = False,
 ) -> Predictions:
     """Predict every row of ``data``: its columns plus ``prediction`` (or ``columns``), written to ``out`` if given.
 
     ``out`` is written atomically, as Parquet when it ends in .parquet and as CSV otherwise,
-    floats at full precision.
+    floats at full precision. It is never the data file or the checkpoint, and (unless ``force``)
+    never a path inside a run directory.
     """
     from gradfit.data.tables import load_table  # (imported here for start-up time)
 
@@ -236,7 +238,7 @@ def predict_file(
     path = Path(data)
     out_path = Path(out) if out is not None else None
     if out_path is not None:
-        _check_out(out_path, path, lm)
+        _check_out(out_path, path, lm, force)
     frame, X, _, _ = load_table(path, lm.feature_names, None, require_target=False)
     notes = []
     if PREDICTION in frame.columns:
@@ -250,12 +252,31 @@ def predict_file(
     return Predictions(result, int(len(result)), out_path, lm, notes)
 
 
-def _check_out(out: Path, data: Path, lm: LoadedModel) -> None:
+def _check_out(out: Path, data: Path, lm: LoadedModel, force: bool) -> None:
     if out.is_dir():
         raise DataError(f"--out {out} is a directory; give a file name such as {out / 'predictions.csv'}")
     for other, what in ((data, "the input data file"), (lm.checkpoint.path, "the checkpoint")):
         if out.exists() and other.exists() and out.resolve() == other.resolve():
             raise DataError(f"--out {out} is {what}; refusing to overwrite it", hint="write the predictions to another file")
+    run = _run_dir_holding(out.resolve())
+    if run is not None and not force:
+        raise DataError(
+            f"--out {out} is inside the run directory {run}; gradfit does not write predictions among a run's files",
+            hint="write the predictions to a file outside it, or add --force to write there anyway",
+        )
+
+
+def _run_dir_holding(path: Path) -> Optional[Path]:
+    """The run directory ``path`` lies in (one being written, or with a run's config and checkpoint or metrics), or None."""
+    from gradfit.results.checkpoint import CHECKPOINT_NAME  # (imported here for start-up time)
+    from gradfit.results.rundir import RUN_MARKER  # (imported here for start-up time)
+
+    for d in path.parents:
+        if (d / RUN_MARKER).exists() or (
+            (d / "config.yaml").is_file() and any((d / n).is_file() for n in (CHECKPOINT_NAME, "metrics.json"))
+        ):
+            return d
+    return None
 
 
 def _select(wanted: list[str], available: list[str], path: Path) -> list[str]:
@@ -278,11 +299,9 @@ def write_table(frame, out: Path) -> None:
     """CSV (floats written exactly, round-trip) or Parquet by the file's suffix, atomically."""
     from gradfit.results.rundir import atomic_path  # (imported here for start-up time)
 
-    try:
-        with atomic_path(out) as tmp:
-            if out.suffix.lower() in (".parquet", ".pq"):
-                frame.to_parquet(tmp, index=False)
-            else:
-                frame.to_csv(tmp, index=False)
-    except OSError as exc:
-        raise DataError(f"cannot write {out}: {exc.strerror or exc}") from None
+    # (an OSError of the writing is a WriteError naming the path and its cause: files.atomic_path)
+    with atomic_path(out) as tmp:
+        if out.suffix.lower() in (".parquet", ".pq"):
+            frame.to_parquet(tmp, index=False)
+        else:
+            frame.to_csv(tmp, index=False)

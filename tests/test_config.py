@@ -11,8 +11,10 @@ from gradfit.errors import ConfigError
 
 def test_defaults_are_filled_in():
     cfg = config_from_dict({"data": {"path": "a.csv"}, "model": {"kind": "polynomial"}})
-    assert cfg.model.degree == 2 and cfg.optimizer.kind == "adam" and cfg.optimizer.lr == "auto"
-    assert cfg.data.split.val == 0.2 and cfg.train.batch_size is None and cfg.dtype == "float32"
+    # optimizer.kind and dtype: auto, resolved at validation (issue 16): lbfgs in float64 for polynomial mse
+    assert cfg.model.degree == 2 and cfg.optimizer.kind == "lbfgs" and cfg.optimizer.lr == "auto"
+    assert cfg.dtype == "float64" and cfg.auto_chosen() == {"optimizer.kind": "lbfgs", "dtype": "float64"}
+    assert cfg.data.split.val == 0.2 and cfg.train.batch_size is None and cfg.dtype == "float64"
     text = dump_yaml(cfg)
     assert "degree: 2" in text and "standardize: true" in text
 

@@ -60,7 +60,13 @@ def test_no_intercept_model_has_no_intercept():
 def test_running_out_of_epochs_is_reported_as_such():
     run, _ = _run("Filip", overrides=["train.epochs=1"])
     assert run.metrics["stop_reason"] == "max_epochs"
-    assert run.metrics["converged"] is False
+    # converged is the exact gap's test (issue 16), not the stopping rule's: 20 L-BFGS iterations
+    # may already reach the optimum; a warning says so exactly when they did not.
+    from gradfit.results.diagnostics import gap_threshold
+
+    ok = run.metrics["exact"]["gap"] <= gap_threshold("float64")
+    assert run.metrics["converged"] is ok
+    assert any("not converged" in w for w in run.metrics["warnings"]) is not ok
     assert run.metrics["epochs"] == 1
 
 

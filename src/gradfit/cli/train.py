@@ -10,6 +10,10 @@ import typer
 
 from gradfit.cli.common import app, imports_done, stderr_console, stdout_console, user_errors
 
+# gradfit train --strict: the exit code of a run that trained and was written but has warnings
+# (distinct from 1, a failure, and 2, usage: docs/errors.md)
+STRICT_EXIT = 3
+
 
 def fmt(v, digits: int = 6) -> str:
     """A number with sensible significant digits; '-' for missing."""
@@ -165,6 +169,9 @@ def train(
         None, "--resume", help="Continue the run in this directory from its last saved state (with --set train.* only).",
         metavar="RUN_DIR",
     ),
+    strict: bool = typer.Option(
+        False, "--strict", help=f"Exit with code {STRICT_EXIT} when the run has any warning (not converged, collinear terms...)."
+    ),
 ) -> None:
     """Train a model from a YAML experiment and write a run directory.
 
@@ -206,12 +213,25 @@ def train(
         typer.echo(str(run.run_dir))
     else:
         render_summary(stdout_console(), run)
+    print_warnings(run.metrics.get("warnings", []))  # (stderr, whatever --quiet/--json: scripts see them too)
     if run.metrics["stop_reason"] == "interrupted":
         raise Interrupted(
             f"interrupted by {stop.received or 'a stop request'} after {run.metrics['epochs']} epochs; "
             f"the run is saved in {run.run_dir}",
             hint=f"continue it with: gradfit train --resume {run.run_dir}",
         )
+    if strict and run.metrics.get("warnings"):
+        raise typer.Exit(STRICT_EXIT)
+
+
+
+def print_warnings(warnings: list) -> None:
+    """Each warning of metrics.json as a line on stderr."""
+    if warnings:
+        from rich.markup import escape  # (imported here for start-up time)
+
+        for w in warnings:
+            stderr_console().print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True)
 
 
 def _run(config, set_, out, force, resume, quiet: bool, stop: StopOnSignal):
@@ -248,7 +268,12 @@ def render_summary(console, run) -> None:
     )
     if m.get("best_epoch") is not None and m["stop_reason"] == "early_stopping":
         reason += f", best epoch {m['best_epoch']}"
+    chosen = run.config.auto_chosen()
+    if chosen:
+        console.print("auto chose: " + ", ".join(f"{k} {v}" for k, v in chosen.items()))
     console.print(f"stopped after {m['epochs']} epochs ({reason}) in {m['seconds']:.2f} s")
+    if not m.get("converged", True):
+        console.print("[bold yellow]not converged[/] (see the warnings)")
     console.print(metrics_table(m))
     if "exact" in m:
         console.print(f"exact least squares: mse {fmt(m['exact']['loss'], 6)}, gap {m['exact']['gap']:.2e}")
@@ -277,7 +302,10 @@ def coefficient_table(c: dict):
 
     values = dict(c["parameters"]) if c.get("model") == "formula" else {
         **({"intercept": c["intercept"]} if "intercept" in c else {}), **c["coefficients"]}
-    se, ci = c.get("std_errors", {}), c.get("ci95", {})
+    # A fit that did not converge: its standard errors describe a point that is not the optimum (withheld here;
+    # coefficients.json keeps them, marked std_errors_reliable: false).
+    reliable = c.get("std_errors_reliable", True)
+    se, ci = (c.get("std_errors", {}), c.get("ci95", {})) if reliable else ({}, {})
     table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
     for col in ("coefficient", "value", "std error", "95% interval"):
         table.add_column(col, justify="left" if col == "coefficient" else "right")
@@ -288,6 +316,8 @@ def coefficient_table(c: dict):
             break
         interval = fmt_interval(*ci[k]) if k in ci else "-"
         table.add_row(k, fmt(v, 10), fmt(se.get(k), 5), interval)
+    if not reliable:
+        notes.append("standard errors and intervals withheld: the fit did not converge (unreliable)")
     if "residual_sd" in c:
         notes.append(f"residual sd {fmt(c['residual_sd'])} on {c['dof']} degrees of freedom")
     return table, notes

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -172,8 +172,10 @@ class LossConfig(_Strict):
 
 
 class OptimizerConfig(_Strict):
-    kind: Literal["sgd", "adam", "adamw", "lbfgs", "lm"] = Field(
-        "adam", description="lm (Levenberg-Marquardt) is for formula models, and their default with mse"
+    kind: Literal["auto", "sgd", "adam", "adamw", "lbfgs", "lm"] = Field(
+        "auto",
+        description="auto: lbfgs for linear/polynomial models with mse (full batch, in memory), lm for formula "
+        "models with mse, adam otherwise; lm (Levenberg-Marquardt) is for formula models",
     )
     lr: Union[Literal["auto"], float] = Field("auto", description="a number, or auto (see the README)")
     momentum: Optional[float] = Field(None, ge=0, lt=1, description="sgd: heavy-ball momentum")
@@ -240,7 +242,9 @@ class Config(_Strict):
     name: str = Field("run", min_length=1, max_length=100, description="names the run directory")
     seed: int = Field(0, ge=0, lt=2**63, description="every random choice derives from it")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N; auto = cuda when available")
-    dtype: Literal["float32", "float64"] = Field("float32", description="precision of training")
+    dtype: Literal["auto", "float32", "float64"] = Field(
+        "auto", description="precision of training; auto: float64 where the optimizer is lbfgs or lm, float32 otherwise"
+    )
     data: DataConfig
     model: Model
     loss: LossConfig = LossConfig()
@@ -265,13 +269,30 @@ class Config(_Strict):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {v!r}")
         return v
 
+    # What ``auto`` resolved to ({"dtype": "float64", "optimizer.kind": "lbfgs"}), for the summary;
+    # the config itself (and config.yaml) holds the concrete values.
+    _auto: dict = PrivateAttr(default_factory=dict)
+
+    def _resolve_auto(self) -> None:
+        """dtype: auto and optimizer.kind: auto, decided here once (see auto_optimizer)."""
+        chosen = {}
+        if self.optimizer.kind == "auto":
+            chosen["optimizer.kind"] = auto_optimizer(self)
+            self.optimizer = self.optimizer.model_copy(update={"kind": chosen["optimizer.kind"]})
+        if self.dtype == "auto":
+            # float64 where the optimizer reaches the optimum to the dtype's precision (second-order
+            # information: lbfgs, lm); first-order steps on float32 are as accurate as their noise allows.
+            # Formula models keep float32, as before auto existed.
+            full = self.optimizer.kind == "lbfgs" and self.model.kind in ("linear", "polynomial")
+            chosen["dtype"] = "float64" if full else "float32"
+            self.dtype = chosen["dtype"]
+        self._auto = chosen
+
     @model_validator(mode="after")
     def _combinations(self):
         kind = self.model.kind
+        self._resolve_auto()
         opt = self.optimizer
-        if kind == "formula" and self.loss.kind == "mse" and "kind" not in opt.model_fields_set:
-            # Formula models with mse loss default to Levenberg-Marquardt (docs/formula.md).
-            opt = self.optimizer = opt.model_copy(update={"kind": "lm"})
         if opt.kind == "lm" and (opt.lr != "auto" or opt.weight_decay):
             raise ValueError(
                 "optimizer 'lm' (Levenberg-Marquardt) takes no learning rate or weight_decay: its damping "
@@ -296,6 +317,10 @@ class Config(_Strict):
                                  "give optimizer.lr a number (e.g. 0.01) or use optimizer.kind: adam")
         return self
 
+    def auto_chosen(self) -> dict:
+        """{"dtype": ..., "optimizer.kind": ...}: the values ``auto`` chose (empty when none was auto)."""
+        return dict(self._auto)
+
     # Where the config was read from: relative data paths resolve against it.
     _base_dir: Path = Path(".")
 
@@ -307,3 +332,23 @@ class Config(_Strict):
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
+
+
+def auto_optimizer(cfg: Config) -> str:
+    """optimizer.kind: auto. The optimizer that reaches the optimum of this model and loss.
+
+    - linear/polynomial with mse or huber (smooth, convex), full batch, rows in memory: lbfgs
+      (float64: the least-squares optimum to about 1e-12 relative, where float32 adam stops at 1e-2..1e-6);
+    - formula models with mse: lm (Levenberg-Marquardt, docs/formula.md);
+    - everything else (MLPs, mae, mini-batches, streamed rows): adam.
+    """
+    full_batch = cfg.train.batch_size is None and not cfg.data.streaming
+    if cfg.model.kind in ("linear", "polynomial") and cfg.loss.kind in AUTO_LBFGS_LOSSES and full_batch:
+        return "lbfgs"
+    if cfg.model.kind == "formula" and cfg.loss.kind == "mse":
+        return "lm"
+    return "adam"
+
+
+# The losses for which optimizer.kind: auto takes lbfgs on linear and polynomial models (see the README).
+AUTO_LBFGS_LOSSES = ("mse", "huber")

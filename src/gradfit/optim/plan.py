@@ -37,6 +37,10 @@ class OptimizerPlan:
     lr: float
     lr_rule: str  # how lr was chosen: "given", "auto: 1.8/L (L=...)", ...
     iters_per_epoch: int = LBFGS_ITERS_PER_EPOCH  # lbfgs: iterations per optimizer.step()
+    # The training loss's largest gradient component at the starting weights (scaled units), the
+    # reference of the relative gradient test behind ``converged`` (results/diagnostics.py); None
+    # where it is not taken (rows streamed or over several processes).
+    start_grad: float | None = None
 
 
 def largest_hessian_eigenvalue(Z: torch.Tensor, intercept: bool, loss_kind: str, chunk: int = 1 << 14, reduce=None) -> float:

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-import shutil
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,17 +21,18 @@ from gradfit.data.sources import MemoryRows, RowSource
 from gradfit.data.split import STREAM_BATCH, STREAM_INIT, STREAM_PLOT, Dataset, Split, generator, split_rows
 from gradfit.data.tables import load_dataset
 from gradfit.errors import DataError
+from gradfit.files import WriteError
 from gradfit.models import losses
 from gradfit.models.build import build_model
 from gradfit.models.regression import DESIGN_CHUNK_ROWS, RegressionModel
 from gradfit.optim import plan as optim
 from gradfit.optim.steppers import facts
 from gradfit.parallel import resolve_device
-from gradfit.results import plots
+from gradfit.results import diagnostics, plots
 from gradfit.results.checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
 from gradfit.results.exact import exact_fit
 from gradfit.results.metrics import evaluate_sets, predict_rows, target_variance
-from gradfit.results.rundir import make_run_dir, write_history, write_json, write_text
+from gradfit.results.rundir import RUN_FILES, claim_run_dir, write_history, write_json, write_text
 from gradfit.results.uncertainty import standard_errors
 from gradfit.train import resume as rs
 from gradfit.train import shards, streamed
@@ -107,7 +108,10 @@ def prepare(cfg: Config) -> Prepared:
         data.Z_val = model.design(ds.X, rows=split.val, column_major=by_columns)
         data.y_val = model.scaled_target(ds.y[split.val])
     plan = optim.plan(cfg, data.Z)
-    return Prepared(cfg, device, ds, split, model, data, losses.from_config(cfg), plan, time.perf_counter() - t0, rows)
+    loss = losses.from_config(cfg)
+    if diagnostics.gradient_test_applies(cfg, model):
+        plan.start_grad = diagnostics.gradient_max(model.head, data.Z, data.y, loss.scaled(float(model.y_scale)))
+    return Prepared(cfg, device, ds, split, model, data, loss, plan, time.perf_counter() - t0, rows)
 
 
 def _column_major(cfg: Config, device: torch.device, split: Split) -> bool:
@@ -136,9 +140,11 @@ def train(
     prep = prepare(cfg)
     try:
         # Distributed: rank 0 alone writes the run directory (the others agree on its errors).
-        run_dir = prep.dist.agree(lambda: make_run_dir(cfg.output.dir, cfg.name, out, force) if write and prep.dist.is_main else None)
-        fresh = run_dir is not None and not any(run_dir.iterdir())
-        return _train_prepared(prep, run_dir, fresh, None, None, on_epoch, should_stop, on_start)
+        claim = prep.dist.agree(lambda: claim_run_dir(cfg.output.dir, cfg.name, out, force) if write and prep.dist.is_main else None)
+        run = _train_prepared(prep, claim.path if claim is not None else None, claim, None, None, on_epoch, should_stop, on_start)
+        if claim is not None:
+            claim.release()
+        return run
     finally:
         prep.dist.close()
 
@@ -176,14 +182,15 @@ def resume(
 
     try:
         prep.dist.agree(same_data)
-        return _train_prepared(prep, run_dir if prep.dist.is_main else None, False, state, history,
+        return _train_prepared(prep, run_dir if prep.dist.is_main else None, None, state, history,
                                on_epoch, should_stop, on_start)
     finally:
         prep.dist.close()
 
 
-def _train_prepared(prep: Prepared, run_dir, fresh, state, history, on_epoch, should_stop, on_start) -> RunResult:
-    """The loop and the run directory, for a new run or a resumed one (``state`` and ``history``)."""
+def _train_prepared(prep: Prepared, run_dir, claim, state, history, on_epoch, should_stop, on_start) -> RunResult:
+    """The loop and the run directory, for a new run (``claim``: the directory it claimed) or a
+    resumed one (``state`` and ``history``)."""
 
     cfg = prep.cfg
     model, data, loss = prep.model, prep.data, prep.loss
@@ -229,13 +236,51 @@ def _train_prepared(prep: Prepared, run_dir, fresh, state, history, on_epoch, sh
         if run_dir is not None and "state" in final:
             rs.save_state(run_dir / rs.RESUME_NAME, final["state"])
         run = finish(prep, result, run_dir)
+    except WriteError as err:
+        # The disk refused a file: what was written stays (nothing is deleted for a failed write).
+        if run_dir is not None:
+            _say_what_is_kept(err, run_dir, claim, prep, records)
+        raise
     except BaseException:
-        # Nothing half-written: a new run that failed before saving anything leaves no directory
-        # behind; one with a periodic checkpoint keeps it, to be resumed.
-        if fresh and not saved:
-            shutil.rmtree(run_dir, ignore_errors=True)
+        # Nothing half-written: a new run that failed before saving anything removes the files it
+        # wrote (and its directory, if it made it); one with a periodic checkpoint, or whose training
+        # ended and whose state is saved (a second Ctrl-C while the run is written), keeps them, to be resumed.
+        if claim is not None and (saved or rs.RESUME_NAME in claim.written()):
+            claim.release()
+            _keep_resumable(prep, run_dir, records)
+        elif claim is not None:
+            claim.clean_up()
         raise
     return run
+
+
+def _keep_resumable(prep: Prepared, run_dir: Path, records: list[EpochRecord]) -> None:
+    """With the training state written, write the config and the history too if they are missing
+    and the disk allows (then the run resumes); a file that cannot be written is left out."""
+    if not (run_dir / rs.RESUME_NAME).is_file():
+        return
+    for name, write in (("config.yaml", lambda p: write_text(p, dump_yaml(resolved_config_dict(prep.cfg)))),
+                        ("history.csv", lambda p: write_history(p, records))):
+        if not (run_dir / name).is_file():
+            with contextlib.suppress(WriteError):
+                write(run_dir / name)
+
+
+def _say_what_is_kept(err: WriteError, run_dir: Path, claim, prep: Prepared, records: list[EpochRecord]) -> None:
+    """Add to a write error what the run directory keeps (nothing is deleted), and how to finish the run."""
+    if claim is not None and not claim.written():
+        claim.clean_up()  # nothing written: the directory goes too, if this run made it
+        err.hint = f"{err.hint}; no files were written"
+        return
+    if claim is not None:
+        claim.release()
+    _keep_resumable(prep, run_dir, records)
+    kept = sorted(n for n in RUN_FILES if (run_dir / n).is_file())
+    resumable = all((run_dir / n).is_file() for n in ("config.yaml", "history.csv", rs.RESUME_NAME))
+    then = "run the training again" + (
+        f", or train further from the kept state: gradfit train --resume {run_dir} --set train.epochs=N" if resumable else "")
+    err.hint = (f"{err.hint}; the run is not complete (no metrics.json): {run_dir} keeps "
+                f"{', '.join(kept) if kept else 'no files'}; once the files can be written, {then}")
 
 
 def save_partial_run(prep: Prepared, run_dir: Path, history: list[EpochRecord], state) -> None:
@@ -270,7 +315,8 @@ def finish(prep: Prepared, result: TrainResult, run_dir: Optional[Path]) -> RunR
         **sets,
         "epochs": result.epochs,
         "stop_reason": result.stop_reason,
-        "converged": result.converged,
+        "converged": result.converged,  # (the optimality test's verdict, below)
+        "warnings": [],
         "seconds": result.seconds,
         "load_seconds": prep.load_seconds,
         "device": str(prep.device),
@@ -284,10 +330,20 @@ def finish(prep: Prepared, result: TrainResult, run_dir: Optional[Path]) -> RunR
     if fit is not None:
         var = target_variance(rows)
         metrics["exact"] = {"loss": fit["loss"], "gap": (train_mse - fit["loss"]) / var if var > 0 else train_mse - fit["loss"]}
+    gap = metrics["exact"]["gap"] if fit is not None else None
+    grads = None
+    if prep.plan.start_grad is not None and fit is None:  # (the relative gradient test: one pass more)
+        grads = (prep.plan.start_grad, diagnostics.gradient_max(model.head, prep.data.Z, prep.data.y, loss.scaled(float(model.y_scale))))
+    converged, warnings = diagnostics.assess(cfg, model, result, rows, fit, gap, getattr(prep.data, "Z", None), grads)
+    metrics["converged"] = converged
     coefficients = model.coefficients()
     if mse and model.has_standard_errors:
         # (a linear model's from the exact check's Gram matrix and the training metrics' residuals)
         coefficients.update(standard_errors(model, rows, fit, train_mse * rows.count("train")))
+        if "std_errors" in coefficients:
+            coefficients["std_errors_reliable"] = converged
+        warnings += diagnostics.standard_error_warning(model, rows.count("train"), converged, "std_errors" in coefficients)
+    metrics["warnings"] = list(dict.fromkeys(warnings))  # (in order, each once)
     run = RunResult(run_dir, metrics, coefficients, cfg, result, model, list(ds.notes), prep.plan.lr_rule)
     if run_dir is not None:
         write_run(run, prep)
@@ -329,7 +385,8 @@ def write_run(run: RunResult, prep: Prepared) -> None:
         data=data_record(cfg, ds, prep.rows),
         extra={"metrics": {k: run.metrics[k] for k in ("train", "val", "test")}, "epochs": run.result.epochs,
                # the fit's standard errors need the training rows: kept, so the checkpoint alone gives them
-               "uncertainty": {k: run.coefficients[k] for k in ("std_errors", "ci95", "residual_sd", "dof") if k in run.coefficients}},
+               "uncertainty": {k: run.coefficients[k] for k in ("std_errors", "ci95", "residual_sd", "dof", "std_errors_reliable")
+                               if k in run.coefficients}},
     )
     plots.wait()  # the figures drawn by a helper process (plots.start_helper) are written
     # metrics.json last: its presence says the run is complete.

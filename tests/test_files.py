@@ -49,3 +49,12 @@ def test_os_causes_in_words():
     assert os_cause(OSError(errno.ENOSPC, "x")) == "no space left on the device"
     assert os_cause(OSError(errno.EROFS, "x")) == "the file system is read-only"
     assert os_cause(OSError(errno.EACCES, "x")) == "permission denied"
+
+
+@posix
+def test_a_fifo_equation_file_is_refused_without_blocking(tmp_path, cli):
+    fifo = tmp_path / "eqs.txt"
+    os.mkfifo(fifo)
+    r = cli("solve-equations", "--file", fifo)
+    assert r.exit_code == 1
+    assert "named pipe (FIFO), not a regular file" in " ".join(r.stderr.split())

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from gradfit.errors import EquationError
+from gradfit.files import read_text_input
 
 
 @dataclass
@@ -25,12 +26,10 @@ class EquationFile:
 def read_equation_file(path: str | Path) -> EquationFile:
     """One equation per line (``#`` comments), or YAML ``{equations: [...], initial: {A: 0}}``."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise EquationError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise EquationError(f"{path}: cannot read it ({err})") from None
+    if not path.exists() and not path.is_symlink():
+        raise EquationError(f"{path}: no such file")
+    # A FIFO or a device (/dev/zero) is refused at once instead of blocking or filling memory.
+    text = read_text_input(path, "equation file", EquationError)
     lines = [(n, line.split("#", 1)[0].strip()) for n, line in enumerate(text.splitlines(), 1)]
     lines = [(n, line) for n, line in lines if line]
     is_yaml = path.suffix.lower() in (".yaml", ".yml") or (

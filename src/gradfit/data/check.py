@@ -41,10 +41,16 @@ def check_data(cfg: Config) -> DataCheck:
         return DataCheck(
             cfg, f"the formula's target {dc.target!r} and inputs {', '.join(dc.features or [])} are columns of the data"
         )
+    if cfg.model.kind == "linear" and getattr(cfg.model, "formula", None) and dc.synthetic is None:
+        from gradfit.data.wilkinson import resolve_wilkinson  # (imported here for start-up time)
+
+        cfg = resolve_wilkinson(cfg, read_columns(cfg.resolved_data_path(), dc.sep))
+        dc = cfg.data
+        return DataCheck(cfg, f"the formula's target {dc.target!r} and inputs {', '.join(dc.features or [])} are columns of the data")
     if dc.synthetic is not None:
         syn = dc.synthetic
         names = select_synthetic_columns(syn, dc.target, dc.features)
         return DataCheck(cfg, f"synthetic {syn.kind} data, {syn.n_samples} rows, features {', '.join(names)}")
     path = cfg.resolved_data_path()
-    feats = select_columns(read_columns(path), dc.target, dc.features, path)  # errors word the path as train does
+    feats = select_columns(read_columns(path, dc.sep), dc.target, dc.features, path, dc.exclude)  # errors word the path as train does
     return DataCheck(cfg, f"{os.path.normpath(path)} has the target {dc.target!r} and the features {', '.join(feats)}")

@@ -13,8 +13,8 @@ from gradfit.errors import DataError
 from gradfit.files import check_regular_file, os_cause
 
 
-def read_columns(path: Path) -> list[str]:
-    """The column names of a CSV or Parquet file, without reading its rows."""
+def read_columns(path: Path, sep: str | None = None) -> list[str]:
+    """The column names of a CSV or Parquet file, without reading its rows (a CSV's separator sniffed unless given)."""
     if not path.exists():
         raise DataError(f"data file not found: {path}", hint="check data.path (relative paths start at the config file)")
     if path.is_dir():
@@ -26,12 +26,13 @@ def read_columns(path: Path) -> list[str]:
             import pyarrow.parquet as pq  # (imported here for start-up time)
 
             return list(pq.read_schema(path).names)
-        small = _small_csv(path)
+        sep = sep or sniff_sep(path)
+        small = _small_csv(path, sep)
         if small is not None:
             return list(small[0])
         import pandas as pd  # (imported here for start-up time)
 
-        return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+        return [str(c) for c in pd.read_csv(path, nrows=0, sep=sep).columns]
     except DataError:
         raise
     except Exception as exc:  # pandas/pyarrow raise many types for unreadable files
@@ -47,17 +48,59 @@ def is_parquet(path: Path) -> bool:
     return path.suffix.lower() in (".parquet", ".pq")
 
 
+# The separators sniff_sep tells apart, in the order preferred when several split every line alike.
+SEPARATORS = (",", ";", "\t", "|")
+SNIFF_BYTES = 1 << 16
+
+
+def _count_outside_quotes(line: str, sep: str) -> int:
+    if '"' not in line:
+        return line.count(sep)
+    n, quoted = 0, False
+    for ch in line:
+        if ch == '"':
+            quoted = not quoted
+        elif ch == sep and not quoted:
+            n += 1
+    return n
+
+
+def sniff_sep(path: Path) -> str:
+    """A CSV's field separator: of , ; tab |, the one found the same number of times on the header and the first lines.
+
+    Several such: the one splitting the header most (a decimal comma is no separator in a
+    semicolon file: its header holds no comma). None: the one most in the header, else ','.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(SNIFF_BYTES)
+    except OSError:
+        return ","
+    lines = [ln for ln in head.decode("utf-8", errors="replace").lstrip("\ufeff").splitlines() if ln.strip()]
+    if len(head) == SNIFF_BYTES and len(lines) > 1:
+        lines = lines[:-1]  # (the last may be cut short)
+    lines = lines[:50]
+    if not lines:
+        return ","
+    counts = {sep: [_count_outside_quotes(ln, sep) for ln in lines] for sep in SEPARATORS}
+    alike = [sep for sep, c in counts.items() if c[0] > 0 and all(k == c[0] for k in c)]
+    pool = alike or [sep for sep, c in counts.items() if c[0] > 0]
+    if not pool:
+        return ","
+    return max(pool, key=lambda sep: (counts[sep][0], -SEPARATORS.index(sep)))
+
+
 # A CSV this small whose cells are all plain decimal numbers is read without pandas (whose
 # import takes longer than the rest of a small run's loading); anything else goes to pandas.
 SMALL_CSV_BYTES = 1 << 20
 
-def _small_csv(path: Path):
+def _small_csv(path: Path, sep: str = ","):
     """(header, rows of str) of a small, clean CSV file (unique non-empty names, no ragged rows), else None."""
     try:
         if path.suffix.lower() != ".csv" or path.stat().st_size > SMALL_CSV_BYTES:
             return None
         with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = [r for r in csv.reader(f) if r]  # pandas skips blank lines too
+            rows = [r for r in csv.reader(f, delimiter=sep) if r]  # pandas skips blank lines too
     except (OSError, UnicodeDecodeError, csv.Error):
         return None
     if not rows:
@@ -72,7 +115,7 @@ def _small_csv(path: Path):
 SHAPE_BLOCK_BYTES = 1 << 23
 
 
-def check_csv_shape(path: Path) -> None:
+def check_csv_shape(path: Path, sep: str = ",") -> None:
     """Every non-blank line of a CSV has as many fields as its header, else a DataError naming the line.
 
     (pandas fills a short row with missing values and takes a long one's extra fields for an index.)
@@ -86,7 +129,7 @@ def check_csv_shape(path: Path) -> None:
             while True:
                 block = f.read(SHAPE_BLOCK_BYTES)
                 if b'"' in block:
-                    return _check_quoted_csv_shape(path)
+                    return _check_quoted_csv_shape(path, sep)
                 data = rest + block
                 if not block:
                     data += b"\n" if data else b""
@@ -99,7 +142,7 @@ def check_csv_shape(path: Path) -> None:
                 buf, rest = np.frombuffer(data, np.uint8, cut), data[cut:]
                 ends = np.flatnonzero(buf == 10)
                 starts = np.concatenate(([0], ends[:-1] + 1))
-                at = np.flatnonzero(buf == 44)  # the commas' positions: commas of a line between its start and end
+                at = np.flatnonzero(buf == ord(sep))  # the separators' positions: a line's between its start and end
                 commas = np.searchsorted(at, ends) - np.searchsorted(at, starts)
                 lengths = ends - starts - (buf[np.maximum(ends - 1, 0)] == 13)
                 keep = np.flatnonzero(lengths > 0)  # blank lines are skipped, as pandas does
@@ -115,9 +158,9 @@ def check_csv_shape(path: Path) -> None:
         raise DataError(f"cannot read data file {path}: {os_cause(exc)}") from None
 
 
-def _check_quoted_csv_shape(path: Path) -> None:
+def _check_quoted_csv_shape(path: Path, sep: str = ",") -> None:
     with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
-        reader = csv.reader(f)
+        reader = csv.reader(f, delimiter=sep)
         expected = None
         try:
             for row in reader:
@@ -138,8 +181,8 @@ def _ragged(path: Path, line: int, n: int, expected: int):
     )
 
 
-def select_columns(columns: list[str], target: str, features: list[str] | None, path) -> list[str]:
-    """Check that the target and features exist; return the feature names."""
+def select_columns(columns: list[str], target: str, features: list[str] | None, path, exclude=None) -> list[str]:
+    """Check that the target and features exist; return the feature names (default: all but target and exclude)."""
     shown = ", ".join(repr(c) for c in columns[:30]) + (" ..." if len(columns) > 30 else "")
     if target not in columns:
         raise DataError(
@@ -147,7 +190,13 @@ def select_columns(columns: list[str], target: str, features: list[str] | None, 
             hint="set data.target to one of them",
         )
     if features is None:
-        feats = [c for c in columns if c != target]
+        unknown = [c for c in exclude or () if c not in columns]
+        if unknown:
+            raise DataError(
+                f"{path}: data.exclude names {', '.join(map(repr, unknown))}, not a column; columns found: {shown}",
+                hint="fix the name in data.exclude",
+            )
+        feats = [c for c in columns if c != target and c not in (exclude or ())]
         if not feats:
             raise DataError(f"{path}: no feature columns: the file has only the target column {target!r}")
         return feats

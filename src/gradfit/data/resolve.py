@@ -35,7 +35,8 @@ def resolve_config(cfg, columns: list[str] | None = None):
             f"{where}: the formula's target {parsed.target!r} is not a column; columns found: {shown}",
             hint="the name left of '=' in model.formula must be the target column",
         )
-    available = [c for c in columns if c != parsed.target] if dc.features is None else list(dc.features)
+    left_out = set(dc.exclude or ())
+    available = [c for c in columns if c != parsed.target and c not in left_out] if dc.features is None else list(dc.features)
     inputs = [n for n in parsed.names if n in columns]
     outside = [n for n in inputs if n not in available]
     if outside:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
@@ -58,7 +59,24 @@ class Dataset:
     target_name: str
     source: dict = field(default_factory=dict)  # path and fingerprint, or the synthetic spec
     notes: list[str] = field(default_factory=list)  # things the user should hear (rows dropped...)
+    # Each row's 0-based row in the data file when rows were dropped (data.dropna), of n_file_rows.
+    file_rows: Optional[torch.Tensor] = None  # (n_rows,) int64; None: row i is the file's row i
+    n_file_rows: Optional[int] = None
 
     @property
     def n_rows(self) -> int:
         return int(self.X.shape[0])
+
+
+# The sets of split.csv, by code: a data file's row is in one of them.
+SET_NAMES = ("train", "val", "test", "dropped")
+
+
+def row_sets(ds: Dataset, split: Split) -> torch.Tensor:
+    """(n_file_rows,) uint8: each data-file row's set, a code into SET_NAMES (dropped: left out for missing values)."""
+    n_file = ds.n_file_rows if ds.file_rows is not None else ds.n_rows
+    codes = torch.full((n_file,), SET_NAMES.index("dropped"), dtype=torch.uint8)
+    at = ds.file_rows if ds.file_rows is not None else torch.arange(ds.n_rows)
+    for code, rows in enumerate((split.train, split.val, split.test)):
+        codes[at[rows]] = code
+    return codes

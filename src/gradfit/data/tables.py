@@ -16,9 +16,19 @@ import numpy as np
 import torch
 
 from gradfit.config.schema import Config, DataConfig
-from gradfit.data.columns import _small_csv, check_csv_shape, is_parquet, read_columns, select_columns, select_synthetic_columns
+from gradfit.data.columns import (
+    _small_csv,
+    check_csv_shape,
+    is_parquet,
+    read_columns,
+    select_columns,
+    select_synthetic_columns,
+    sniff_sep,
+)
+from gradfit.data.encoding import Encoding, fit_encoding
 from gradfit.data.split import Dataset
 from gradfit.data.synthetic import _synthetic
+from gradfit.data.wilkinson import fit_wilkinson
 from gradfit.errors import DataError
 
 
@@ -45,9 +55,9 @@ def tensor_fingerprint(*tensors: torch.Tensor) -> str:
 _PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d{1,3})?")
 
 
-def _small_csv_arrays(path: Path, feature_names: list[str], target: str):
+def _small_csv_arrays(path: Path, feature_names: list[str], target: str, sep: str = ","):
     """Float64 (X, y) of a small CSV whose used cells are all finite plain numbers, else None (pandas reads it)."""
-    small = _small_csv(path)
+    small = _small_csv(path, sep)
     if small is None or not small[1]:
         return None
     header, rows = small
@@ -65,7 +75,7 @@ def _small_csv_arrays(path: Path, feature_names: list[str], target: str):
     return np.ascontiguousarray(arr[:, :d]), np.ascontiguousarray(arr[:, d])
 
 
-def read_frame(path: Path, columns: list[str]):
+def read_frame(path: Path, columns: list[str], sep: str = ",", decimal: str = "."):
     """Read only the named columns of a CSV or Parquet file into a pandas DataFrame."""
     import pandas as pd  # (imported here for start-up time)
 
@@ -73,10 +83,11 @@ def read_frame(path: Path, columns: list[str]):
         if is_parquet(path):
             return pd.read_parquet(path, columns=columns)
         # float64 directly where the text allows; a non-numeric column falls back to object.
+        opts = dict(usecols=columns, index_col=False, sep=sep, decimal=decimal)
         try:
-            return pd.read_csv(path, usecols=columns, dtype={c: "float64" for c in columns}, engine="c", index_col=False)
+            return pd.read_csv(path, dtype={c: "float64" for c in columns}, engine="c", **opts)
         except ValueError:
-            return pd.read_csv(path, usecols=columns, index_col=False)
+            return pd.read_csv(path, **opts)
     except Exception as exc:
         raise DataError(f"{path}: cannot read it: {exc}") from None
 
@@ -168,9 +179,17 @@ def load_dataset(cfg: Config) -> Dataset:
         ds.source["fingerprint"] = tensor_fingerprint(ds.X, ds.y)
         return ds
     path = cfg.resolved_data_path()
-    columns = read_columns(path)
-    feats = select_columns(columns, dc.target, dc.features, path)
-    small = _small_csv_arrays(path, feats, dc.target)
+    sep = dc.sep or (sniff_sep(path) if path.is_file() and not is_parquet(path) else ",")
+    if sep == dc.decimal:
+        raise DataError(f"{path}: its fields are separated by {sep!r}, which data.decimal says is the decimal mark",
+                        hint="a file with decimal commas separates its fields with another character, e.g. ';' (data.sep)")
+    columns = read_columns(path, sep)
+    feats = select_columns(columns, dc.target, dc.features, path, dc.exclude)
+    formula = getattr(cfg.model, "formula", None) if cfg.model.kind == "linear" else None  # (data/wilkinson.py)
+    small = _small_csv_arrays(path, feats, dc.target, sep) if dc.decimal == "." and not formula else None
+    # Formula models (y = f(x; p)) read numeric columns by their own names: no encoding.
+    encode = cfg.model.kind != "formula"
+    encoding, kept = Encoding.numeric(feats), None
     if small is not None:
         (X, y), notes = small, []
         digest = fingerprint(path)
@@ -181,43 +200,61 @@ def load_dataset(cfg: Config) -> Dataset:
         # The rows' field counts too (pandas would pad a short row and take a long one's fields for an index).
         with ThreadPoolExecutor(2) as pool:
             pending = pool.submit(fingerprint, path)
-            shape = pool.submit(check_csv_shape, path) if not is_parquet(path) else None
+            shape = pool.submit(check_csv_shape, path, sep) if not is_parquet(path) else None
             try:
-                frame = read_frame(path, feats + [dc.target])
+                frame = read_frame(path, feats + [dc.target], sep, dc.decimal)
             finally:
                 if shape is not None:
                     shape.result()  # (a ragged row is the true cause of a parse error too)
             if len(frame) == 0:
                 raise DataError(f"{path}: the file has a header but no rows", hint="add the data rows below the header")
-            X, y, notes = frame_to_arrays(frame, feats, dc.target, path, dc.dropna)
+            if encode:
+                encoding = fit_wilkinson(frame, formula, path) if formula else fit_encoding(frame, feats, dc.reference, path)
+                if not encoding.is_numeric:
+                    coded = encoding.apply(frame, path, 1 if is_parquet(path) else 2)
+                    coded[dc.target] = frame[dc.target]
+                    frame = coded
+            kept = frame[[*encoding.keys, dc.target]].notna().all(axis=1).to_numpy() if dc.dropna else None
+            X, y, notes = frame_to_arrays(frame, encoding.keys, dc.target, path, dc.dropna)
             del frame
             digest = pending.result()
     if len(X) == 0:
         raise DataError(f"{path}: no rows left after dropping missing values")
-    return Dataset(
-        torch.from_numpy(X),
-        torch.from_numpy(y),
-        feats,
-        dc.target,
-        {"path": str(path.resolve()), "fingerprint": digest},
-        notes,
-    )
+    source = {"path": str(path.resolve()), "fingerprint": digest}
+    if encode:
+        source["encoding"] = encoding.to_json()
+    ds = Dataset(torch.from_numpy(X), torch.from_numpy(y), encoding.names if encode else feats, dc.target, source, notes)
+    if kept is not None and len(X) < len(kept):  # (rows dropped: which file rows are left, for split.csv)
+        ds.file_rows, ds.n_file_rows = torch.from_numpy(np.flatnonzero(kept)), len(kept)
+    return ds
 
 
-def load_table(path: Path, feature_names: list[str], target: Optional[str], require_target: bool, dropna: bool = False):
+def load_table(
+    path: Path,
+    feature_names: list[str],
+    target: Optional[str],
+    require_target: bool,
+    dropna: bool = False,
+    encoding: Optional[dict] = None,
+    decimal: str = ".",
+):
     """Read a data file for eval/predict: the model's feature columns (and the target when present).
 
-    Returns (frame of all the file's columns, X float64, y float64 or None, notes). With ``dropna``
-    rows with missing values are left out of X and y (not of the frame), as in training.
+    ``encoding``: the checkpoint's record (data.source.encoding), which rebuilds the model's inputs
+    from raw columns. Returns (frame of all the file's columns, X float64, y float64 or None, notes).
+    With ``dropna`` rows with missing values are left out of X and y (not of the frame), as in training.
     """
-    columns = read_columns(path)
-    missing = [f for f in feature_names if f not in columns]
+    enc = Encoding.from_json(encoding)
+    raw = enc.raw_columns if enc is not None else feature_names
+    sep = sniff_sep(path) if path.is_file() and not is_parquet(path) else ","
+    columns = read_columns(path, sep)
+    missing = [f for f in raw if f not in columns]
     if missing:
         shown = ", ".join(repr(c) for c in columns[:30])
         raise DataError(
             f"{path}: the model's feature column{'s' if len(missing) > 1 else ''} "
             f"{', '.join(repr(m) for m in missing)} not found; columns found: {shown}",
-            hint=f"the model was trained on {feature_names}",
+            hint=f"the model was trained on {raw}",
         )
     has_target = target is not None and target in columns
     if require_target and not has_target:
@@ -228,15 +265,22 @@ def load_table(path: Path, feature_names: list[str], target: Optional[str], requ
     import pandas as pd  # (imported here for start-up time)
 
     if not is_parquet(path):
-        check_csv_shape(path)
+        check_csv_shape(path, sep)
     try:
-        frame = pd.read_parquet(path) if is_parquet(path) else pd.read_csv(path, index_col=False)
+        frame = pd.read_parquet(path) if is_parquet(path) else pd.read_csv(path, index_col=False, sep=sep, decimal=decimal)
     except Exception as exc:
         raise DataError(f"{path}: cannot read it: {exc}") from None
     if len(frame) == 0:
         raise DataError(f"{path}: the file has a header but no rows")
     try:
-        X, y, notes = frame_to_arrays(frame.copy(), feature_names, target if has_target else None, path, dropna)
+        coded, keys = frame.copy(), feature_names
+        if enc is not None:
+            keys = enc.keys
+            if not enc.is_numeric:
+                coded = enc.apply(frame, path, 1 if is_parquet(path) else 2)
+                if has_target:
+                    coded[target] = frame[target]
+        X, y, notes = frame_to_arrays(coded, keys, target if has_target else None, path, dropna)
     except DataError as err:
         if err.hint and "data.dropna" in err.hint:  # that hint is for training configs
             err.hint = "fill in or remove the rows with missing values"

@@ -9,6 +9,8 @@ from fractions import Fraction
 import torch
 from torch import nn
 
+from gradfit.data.encoding import indicator_column
+
 # ---------------------------------------------------------------- polynomial terms
 
 
@@ -28,6 +30,18 @@ def polynomial_terms(n_features: int, degree: int, interactions: bool) -> list[t
                 e[i] = deg
                 terms.append(tuple(e))
     return terms
+
+
+def drop_indicator_powers(terms: list[tuple[int, ...]], names: list[str]) -> list[tuple[int, ...]]:
+    """The terms without an indicator's power (x^2 = x for 0/1) or a product of two levels of one category (always 0)."""
+    groups = [indicator_column(n) for n in names]
+    kept = []
+    for e in terms:
+        used = [g for g, k in zip(groups, e) if g is not None and k]
+        if any(g is not None and k > 1 for g, k in zip(groups, e)) or len(used) != len(set(used)):
+            continue
+        kept.append(e)
+    return kept
 
 
 def term_name(exponents, names: list[str]) -> str:

@@ -17,6 +17,21 @@ whatever the run's dtype; the result is written back in the parameters' dtype.
 
 The state (mu, nu, D) lives in the optimizer's ``state_dict``, so runs resume.
 
+When to stop is LM's own test, as MINPACK's lmder has it, not ``train.tol`` (a loss tolerance
+meant for SGD stopped Thurber at 5 digits): after each iteration ``finished`` is None (go on),
+or says why to stop. Converged when (relative to the point, so the units do not matter)
+- the scaled step is small: ||D delta|| <= XTOL ||D theta||, or both the actual and the predicted
+  relative decrease of the sum of squares are <= FTOL; either with the gradient cosine (below)
+  under ROUNDING_GTOL (far from stationarity a tiny step is a crawl, not a minimum);
+- or the gradient is orthogonal to the residuals: max_i |J_i . r| / (||J_i|| ||r||) <= GTOL
+  (also a zero residual);
+- or no damped step lowers the sum of squares any more while the gradient cosine is below
+  ROUNDING_GTOL: the minimum at float64's resolution.
+Stuck (``finished`` starts with "stuck"): no step lowers the sum of squares far from a minimum,
+parameters running off to infinity (|theta| > RUNAWAY), or STALL_ITERATIONS iterations in a row
+each lowering the sum of squares by less than STALL_DECREASE (relative) with the gradient test
+far from holding.
+
 Several processes (torchrun, ``dist``): each rank holds some of the rows. The sum of
 squares, J^T r and diag(J^T J) are summed over the ranks; the least-squares problem is
 reduced to a small one without forming J^T J, by the "tall-skinny QR": each rank
@@ -39,6 +54,15 @@ from gradfit.parallel import SINGLE, Dist
 MU_START = 1e-3  # initial damping, relative to D^2
 MAX_TRIALS = 60  # damped steps tried per iteration before giving up on it
 MU_MAX = 1e40
+XTOL = 1e-12  # relative scaled step (MINPACK's default, sqrt(eps) = 1.5e-8, leaves 6-7 digits on Thurber)
+FTOL = 1e-15  # relative actual and predicted decrease of the sum of squares
+GTOL = 1e-12  # cosine of the angle between the residuals and every column of J
+POLISH_MAX = 20  # polishing steps at most
+POLISH_MU = 1e-12  # the damping of the polishing Gauss-Newton step (relative to D^2)
+ROUNDING_GTOL = 1e-6  # no decrease possible and the cosine under this: the minimum, at float64's resolution
+RUNAWAY = 1e150  # a parameter beyond this is running off to infinity
+STALL_ITERATIONS = 200  # iterations in a row with almost no decrease ...
+STALL_DECREASE = 1e-6  # ... (relative), the gradient test far from holding: stuck
 
 
 def jacobian(f, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,6 +102,9 @@ class LevenbergMarquardt(OptimizerBase):
         super().__init__(params, {"mu_start": mu})
         self._cache = None  # (theta, r, J, J^T r over all rows) at the current point, for the next iteration
         self.iterations = 0
+        self.finished = None  # None: go on; else why to stop ("converged: ..." or "stuck: ...")
+        self._slow = 0  # consecutive iterations with almost no decrease
+        self._polishes = 0  # Gauss-Newton polishing steps taken (see _polish)
 
     def step(self, closure=None):  # pragma: no cover - the loop calls iterate()
         raise RuntimeError("LevenbergMarquardt works on residuals: call iterate(head, Z, y)")
@@ -178,6 +205,7 @@ class LevenbergMarquardt(OptimizerBase):
         # min ||J delta + r||: on the rows themselves, or on every rank's R_k and Q_k^T r_k (see above)
         J_ls, r_ls = stacked_factors(J, r, dist)
         accepted = False
+        actual = predicted = 0.0
         for _ in range(MAX_TRIALS):
             A = torch.cat([J_ls, torch.diag(torch.sqrt(mu * d2))])  # (n + p, p)
             b = torch.cat([-r_ls, zeros])
@@ -202,16 +230,77 @@ class LevenbergMarquardt(OptimizerBase):
             mu, nu = min(mu * nu, MU_MAX), nu * 2
             if mu >= MU_MAX:
                 break
+        step = delta if accepted else None
+        polished = None
+        if not accepted and self._polishes < POLISH_MAX and _cosine(J, r, g, total) <= ROUNDING_GTOL:
+            self._polishes += 1
+            polished = self._polish(residuals, theta, head, J_ls, r_ls, d2, F, _cosine(J, r, g, total), dist)
+            if polished is not None:
+                mu, nu = self.defaults["mu_start"], 2.0
         st["mu"].fill_(mu)
         st["nu"].fill_(nu)
-        if accepted:
+        if polished is not None:
+            theta, step, r, J, g = polished
+            self._write(theta)
+        elif accepted:
             self._write(theta)
             theta = self._theta()  # as stored (the run's dtype)
             what = f"after iteration {self.iterations}"
             r, J = dist.agree(lambda: self._evaluate(residuals, theta, head, what))
             g = total(J.T @ r)
         self._cache = (theta, r, J, g)
+        F_end = 0.5 * total(float(r @ r))
+        if polished is not None:  # (the sum of squares no longer resolves progress: the gradient does)
+            self.finished = "converged: the gradient is orthogonal to the residuals" if _cosine(J, r, g, total) <= GTOL else None
+        else:
+            self.finished = self._verdict(theta, step, J, g, F, F_end, predicted, accepted, total)
         return float(g.abs().max())
+
+    def _polish(self, residuals, theta, head, J_ls, r_ls, d2, F, cos, dist):
+        """Near a minimum where no step lowers the sum of squares at float64's resolution (it varies by
+        about eps there while the parameters still have digits to gain): a Gauss-Newton step, taken when
+        the sum of squares stays within rounding and the gradient cosine falls by a tenth; at most POLISH_MAX. (theta, step, r, J, g) or None."""
+        total = dist.sum
+        A = torch.cat([J_ls, torch.diag(torch.sqrt(POLISH_MU * d2))])
+        b = torch.cat([-r_ls, torch.zeros(theta.numel(), dtype=torch.float64, device=J_ls.device)])
+        delta = dist.broadcast(_lstsq(A, b))
+        if not bool(torch.isfinite(delta).all()):
+            return None
+        trial = theta + delta
+        r_new = residuals(trial)
+        F_new = 0.5 * total(float(r_new @ r_new))
+        if not (math.isfinite(F_new) and F_new <= F * (1 + 64 * torch.finfo(torch.float64).eps)):
+            return None
+        what = f"after iteration {self.iterations}"
+        r_new, J_new = dist.agree(lambda: self._evaluate(residuals, trial, head, what))
+        g_new = total(J_new.T @ r_new)
+        if not _cosine(J_new, r_new, g_new, total) < 0.9 * cos:
+            return None
+        return trial, delta, r_new, J_new, g_new
+
+    def _verdict(self, theta, step, J, g, F, F_end, predicted, accepted, total):
+        """Why to stop after this iteration (None: go on); see the module docstring."""
+        cos = _cosine(J, None, g, total, F_end)
+        if not bool(torch.isfinite(theta).all()) or float(theta.abs().max()) > RUNAWAY:
+            return "stuck: the parameters run off to infinity"
+        if cos <= GTOL:
+            return "converged: the gradient is orthogonal to the residuals"
+        if accepted:
+            d = torch.sqrt(self._state()["diag"])
+            # (a small step or decrease far from stationarity is a slow crawl, not a minimum: the stall count)
+            near = cos <= ROUNDING_GTOL
+            if near and float((d * step).norm()) <= XTOL * float((d * theta).norm()):
+                return "converged: the relative step is below 1e-12"
+            if near and F > 0 and (F - F_end) <= FTOL * F and predicted <= FTOL * F:
+                return "converged: the relative decrease of the sum of squares is below 1e-15"
+            self._slow = self._slow + 1 if F - F_end <= STALL_DECREASE * F and cos > ROUNDING_GTOL else 0
+            if self._slow >= STALL_ITERATIONS:
+                return (f"stuck: {STALL_ITERATIONS} iterations in a row lowered the sum of squares by less than "
+                        f"{STALL_DECREASE:g} (relative) each, the gradient still far from zero")
+            return None
+        if cos <= ROUNDING_GTOL:
+            return "converged: no step lowers the sum of squares at float64's resolution"
+        return "stuck: no damped step lowers the sum of squares, far from a minimum"
 
 
 def stacked_factors(J: torch.Tensor, r: torch.Tensor, dist) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,6 +321,17 @@ def stacked_factors(J: torch.Tensor, r: torch.Tensor, dist) -> tuple[torch.Tenso
     ck[: R.shape[0]] = Q.T @ r
     parts = dist.gather((Rk.cpu(), ck.cpu()))
     return (torch.cat([a for a, _ in parts]).to(J.device), torch.cat([c for _, c in parts]).to(J.device))
+
+
+def _cosine(J, r, g, total, F=None) -> float:
+    """max_i |J_i . r| / (||J_i|| ||r||): 0 at a stationary point, whatever the units (``F``: 0.5 ||r||^2 if known)."""
+    if g.numel() == 0:
+        return 0.0
+    rnorm = math.sqrt(2 * F) if F is not None else math.sqrt(total(float(r @ r)))
+    if rnorm == 0:
+        return 0.0
+    col = torch.sqrt(total((J * J).sum(0)))  # (p,)
+    return float((g.abs() / (col * rnorm).clamp_min(1e-300)).max())
 
 
 def _lstsq(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

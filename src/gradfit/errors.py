@@ -48,7 +48,32 @@ class SolveError(GradfitError):
     """A system of equations has no solution within tolerance."""
 
 
+class ExportError(GradfitError):
+    """A trained model cannot be exported to the format asked for (ONNX, TorchScript)."""
+
+
+class ReportError(GradfitError):
+    """A run directory cannot be read for a report."""
+
+
 class Interrupted(GradfitError):
     """The user interrupted a run (SIGINT/SIGTERM)."""
 
     exit_code = 130
+
+
+class Aborted(KeyboardInterrupt):
+    """A run aborted at once by an interrupt (a second Ctrl-C or SIGTERM, or one before training
+    began), with what its run directory keeps. A KeyboardInterrupt, so that no ``except Exception``
+    swallows it; the CLI prints the message and exits with code 130."""
+
+    def __init__(self, message: str, signal_name: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.signal_name = signal_name
+
+
+def signal_name(exc: BaseException) -> str:
+    """The signal behind a KeyboardInterrupt: its first argument when gradfit's handler raised it, else Ctrl-C."""
+    name = getattr(exc, "signal_name", None) or (exc.args[0] if exc.args and not isinstance(exc, Aborted) else None)
+    return name if isinstance(name, str) and name.startswith("SIG") else "Ctrl-C"

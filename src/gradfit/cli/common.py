@@ -75,8 +75,27 @@ def user_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except GradfitError as err:
             raise fail(err) from None
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (gradfit.__main__ turns it into this)
+            raise interrupted(exc) from None
+        except MemoryError:
+            raise fail(GradfitError(
+                "out of memory: the command asked for more memory than the machine could give",
+                hint="use less data (data.n_samples, fewer rows or columns), a smaller model "
+                     "(model.hidden, model.degree) or train.batch_size; or run it on a machine with more memory",
+            )) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def interrupted(exc: KeyboardInterrupt) -> "typer.Exit":
+    """Print what an interrupt stopped (an Aborted run says what its directory keeps); the Exit (130)."""
+    from rich.markup import escape  # (imported here for start-up time)
+
+    from gradfit.errors import Aborted, signal_name  # (a plain module: no torch)
+
+    what = exc.message if isinstance(exc, Aborted) else "the command stopped before it finished"
+    stderr_console().print(f"[bold red]aborted[/] by {signal_name(exc)}: {escape(what)}", soft_wrap=True)
+    return typer.Exit(code=130)
 
 
 # Set by the entry point (gradfit.__main__), which turns the cyclic garbage collector off for start-up.

@@ -17,13 +17,17 @@ from gradfit.config.schema import Config
 HERE = Path(__file__).resolve().parent
 
 
+# A tab as \t; a pipe escaped, or it ends the table cell (GitHub's tables unescape it inside code).
+_SHOWN = {"\t": "\\t", "|": "\\|"}
+
+
 def _type_text(ann) -> str:
     origin = typing.get_origin(ann)
     args = typing.get_args(ann)
     if ann is type(None):
         return "null"
     if origin is typing.Literal:
-        return " \\| ".join(f"`{a}`" for a in args)
+        return " \\| ".join(f"`{_SHOWN.get(a, a)}`" for a in args)
     if origin is typing.Union or str(origin) == "types.UnionType":
         return " or ".join(_type_text(a) for a in args)
     if origin is typing.Annotated:
@@ -107,13 +111,17 @@ def render() -> str:
         "",
     ]
     queue = [("top level", Config, "")]
+    done = set()
     while queue:
         title, cls, prefix = queue.pop(0)
+        if title in done:  # (a section two kinds share, e.g. model.penalty: once)
+            continue
+        done.add(title)
         rows, nested = _sections(cls, prefix)
         lines += [f"## {title}", ""]
-        doc = (cls.__doc__ or "").strip().splitlines()
+        doc = (cls.__doc__ or "").strip().split("\n\n")[0].split()  # (the first paragraph, as one line)
         if doc and title != "top level":
-            lines += [doc[0], ""]
+            lines += [" ".join(doc), ""]
         lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
         lines += [f"| `{p}` | {t} | {d} | {m} |" for p, t, d, m in rows]
         lines.append("")

@@ -64,7 +64,7 @@ def test_checkpoint_holds_everything_needed(poly_run):
     assert ck.format_version == FORMAT_VERSION
     assert ck.spec["kind"] == "polynomial" and ck.spec["features"] == ["x"] and ck.spec["target"] == "y"
     assert ck.spec["terms"] == [[1], [2]]
-    assert ck.config["model"] == {"kind": "polynomial", "degree": 2, "intercept": True, "interactions": True}
+    assert ck.config["model"] == {"kind": "polynomial", "degree": 2, "intercept": True, "interactions": True, "penalty": None}
     assert ck.data["split"] == {"val": 0.2, "test": 0.0} and ck.data["seed"] == 0 and ck.data["n_rows"] == 100
     assert ck.data["source"]["synthetic"]["coefficients"] == [3, 2, 1]
     assert ck.data["source"]["fingerprint"].startswith("sha256:")

@@ -40,7 +40,7 @@ def test_check_prints_resolved_config_with_defaults(cli):
     assert r.exit_code == 0, r.output
     doc = yaml.safe_load(r.stdout)  # stdout is YAML alone
     assert doc["optimizer"]["lr"] == 0.01 and doc["model"] == {"kind": "polynomial", "degree": 2, "intercept": True,
-                                                               "interactions": True}
+                                                               "interactions": True, "penalty": None}
     assert doc["train"]["early_stopping"] is None and doc["data"]["dropna"] is False  # defaults filled in
     assert "valid" in r.stderr and "'y'" in r.stderr
 

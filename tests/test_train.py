@@ -188,7 +188,7 @@ def test_run_directory_files(tmp_path):
     assert d == tmp_path / "runs" / "t"
     names = sorted(p.name for p in d.iterdir())
     assert names == sorted(["config.yaml", "metrics.json", "history.csv", "coefficients.json", "model.safetensors", "loss.png", "fit.png",
-                            "optimizer.safetensors"])  # the training state, for --resume
+                            "optimizer.safetensors", "split.csv", "summary.json"])  # the training state (--resume); each row's set; the summary sums
     m = json.loads((d / "metrics.json").read_text())
     for k in ("train", "val", "test", "epochs", "stop_reason", "converged", "seconds", "device", "exact"):
         assert k in m

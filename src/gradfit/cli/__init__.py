@@ -17,6 +17,11 @@ from gradfit.cli import train  # noqa: F401
 from gradfit.cli import solve  # noqa: F401
 from gradfit.cli import evaluate  # noqa: F401
 from gradfit.cli import inspect  # noqa: F401
+from gradfit.cli import export  # noqa: F401
+from gradfit.cli import report  # noqa: F401
+from gradfit.cli import summary  # noqa: F401
+from gradfit.cli import compare  # noqa: F401
+from gradfit.cli import select  # noqa: F401
 # isort: on
 from gradfit.cli.common import app
 
@@ -25,5 +30,15 @@ __all__ = ["app", "main"]
 
 def main() -> None:
     """Run the command line (``gradfit.__main__.main`` is the console script's entry)."""
-    app(prog_name="gradfit")
+    try:
+        app(prog_name="gradfit")
+    except SystemExit as done:
+        # typer ends an interrupt outside a command (while it parses the command line) with a
+        # silent exit 130; say so (a command's own interrupt has printed its message already).
+        if done.code == 130 and isinstance(getattr(done.__context__, "__cause__", None), KeyboardInterrupt):
+            from gradfit.errors import signal_name  # (a plain module)
+
+            sys.stderr.write(f"aborted by {signal_name(done.__context__.__cause__)}: gradfit stopped while "
+                             "starting; nothing was done\n")
+        raise
     sys.exit(0)

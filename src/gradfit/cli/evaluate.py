@@ -72,12 +72,15 @@ def predict(
         [], "--columns", help="Output only these columns, in this order (comma-separated or repeated; 'prediction' names the predictions).", metavar="COLS"
     ),
     force: bool = typer.Option(False, "--force", help="Write --out even inside a run directory."),
+    interval: Optional[float] = typer.Option(
+        None, "--interval", help="Add mean_se, mean_ci_lower/upper, obs_ci_lower/upper at this level (e.g. 0.95; linear/polynomial MSE runs).",
+    ),
 ) -> None:
     """Predict every row of a data file: its columns plus a 'prediction' column, as CSV."""
     from gradfit.results.evaluate import predict_file  # (imported here for start-up time)
 
     imports_done()
-    res = predict_file(checkpoint, data, out=out, columns=columns or None, force=force)
+    res = predict_file(checkpoint, data, out=out, columns=columns or None, force=force, interval=interval)
     err = stderr_console()
     for note in res.notes:
         err.print(f"[yellow]note:[/] {note}")

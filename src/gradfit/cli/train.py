@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from gradfit.cli.common import app, imports_done, stderr_console, stdout_console, user_errors
+from gradfit.cli.common import app, imports_done, interrupted, stderr_console, stdout_console, user_errors
 
 # gradfit train --strict: the exit code of a run that trained and was written but has warnings
 # (distinct from 1, a failure, and 2, usage: docs/errors.md)
@@ -142,7 +142,7 @@ class StopOnSignal:
 
         if self.received is not None:
             self.restore()
-            raise KeyboardInterrupt  # the second signal: abort now
+            raise KeyboardInterrupt(signal.Signals(signum).name)  # the second signal: abort now
         self.received = signal.Signals(signum).name
         stderr_console().print(
             f"[yellow]{self.received}:[/] stopping after this epoch and saving the run (again to abort)"
@@ -196,11 +196,16 @@ def train(
     stop = StopOnSignal()
     try:
         run = _run(config, set_, out, force, resume, quiet or json_out, stop)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        from gradfit.errors import Aborted, signal_name  # (imported here for start-up time)
+
+        if isinstance(exc, Aborted):  # the run itself says what its directory keeps
+            raise interrupted(exc) from None
         if stop.received is None:  # before training began (reading the data): nothing was written
-            stderr_console().print("[bold red]aborted[/] before training started; no run directory was written")
+            what = "before training started; nothing was written"
         else:
-            stderr_console().print("[bold red]aborted[/] (a second interrupt); the run directory keeps only what was saved")
+            what = "(a second interrupt); the run directory keeps only what was saved"
+        stderr_console().print(f"[bold red]aborted[/] by {signal_name(exc)} {what}")
         raise typer.Exit(130) from None
     finally:
         stop.restore()
@@ -214,6 +219,9 @@ def train(
     else:
         render_summary(stdout_console(), run)
     print_warnings(run.metrics.get("warnings", []))  # (stderr, whatever --quiet/--json: scripts see them too)
+    if stop.received is not None and run.metrics["stop_reason"] != "interrupted":
+        raise Interrupted(f"{stop.received} arrived after training had ended; the run finished and is saved "
+                          f"complete in {run.run_dir}")
     if run.metrics["stop_reason"] == "interrupted":
         raise Interrupted(
             f"interrupted by {stop.received or 'a stop request'} after {run.metrics['epochs']} epochs; "
@@ -275,7 +283,14 @@ def render_summary(console, run) -> None:
     if not m.get("converged", True):
         console.print("[bold yellow]not converged[/] (see the warnings)")
     console.print(metrics_table(m))
-    if "exact" in m:
+    if "kkt" in m.get("exact", {}):  # (a penalized fit: its optimality test)
+        x = m["exact"]
+        console.print(f"penalized least squares: objective {fmt(x['objective'], 8)}, KKT violation {x['kkt']:.2e}, "
+                      f"{x['zeros']} coefficients exactly 0")
+    elif "solver" in m.get("exact", {}):  # (quantile: a linear program; poisson: Newton's method)
+        console.print(f"solved exactly ({m['exact']['solver']}): {run.config.loss.kind} loss "
+                      f"{fmt(m['exact']['objective'], 8)}")
+    elif "exact" in m:
         console.print(f"exact least squares: mse {fmt(m['exact']['loss'], 6)}, gap {m['exact']['gap']:.2e}")
     eq = run.coefficients.get("equation")
     if eq:
@@ -298,6 +313,7 @@ def render_summary(console, run) -> None:
 def coefficient_table(c: dict):
     """Each coefficient (or formula parameter) with its standard error and 95% interval, when known,
     and the lines printed under the table, left-aligned (a rich caption is centred)."""
+    from rich.markup import escape  # (imported here for start-up time)
     from rich.table import Table  # (imported here for start-up time)
 
     values = dict(c["parameters"]) if c.get("model") == "formula" else {
@@ -315,7 +331,7 @@ def coefficient_table(c: dict):
             notes.append(f"... and {len(values) - i} more coefficients in coefficients.json")
             break
         interval = fmt_interval(*ci[k]) if k in ci else "-"
-        table.add_row(k, fmt(v, 10), fmt(se.get(k), 5), interval)
+        table.add_row(escape(k), fmt(v, 10), fmt(se.get(k), 5), interval)  # (a term date[days] is no markup)
     if not reliable:
         notes.append("standard errors and intervals withheld: the fit did not converge (unreliable)")
     if "residual_sd" in c:

@@ -76,16 +76,44 @@ class Split(_Strict):
 
 
 class DataConfig(_Strict):
+    """Feature columns are used as their kind says: numbers as they are; text, boolean and category
+    columns treatment-coded (one 0/1 column per level but the reference, named COLUMN[T.LEVEL] as
+    statsmodels names them; the reference is the first level in sorted order unless data.reference
+    names one); date and datetime columns (ISO dates in a CSV, Parquet timestamps) as days since
+    1970-01-01 UTC, named COLUMN[days]. The levels are stored in the checkpoint; predict refuses a
+    level it never saw. A column name holding * ^ [ ] or a backtick is quoted with backticks in term
+    names (`a*b`^2). The run directory's split.csv gives each data row's set: train, val, test or dropped.
+    """
+
     path: Optional[str] = Field(None, description=".csv or .parquet file, relative to the config file")
     synthetic: Optional[Synthetic] = None
     target: str = Field("y", description="the column to predict")
     features: Optional[list[str]] = Field(None, description="default: every column but the target")
+    exclude: Optional[list[str]] = Field(None, description="columns left out of the default features (every column but the target)")
+    sep: Optional[Literal[",", ";", "\t", "|"]] = Field(None, description="a CSV's field separator; default: sniffed from its first lines")
+    decimal: Literal[".", ","] = Field(".", description="a CSV's decimal mark (',' with sep ';' for 1,5;2,25)")
+    reference: dict[str, str] = Field(
+        default_factory=dict, description="the reference level of categorical columns, e.g. {city: Paris}; default: the first sorted level"
+    )
     split: Split = Split()
     standardize: bool = Field(True, description="scale inputs and target for training; results are reported in original units")
     dropna: bool = Field(False, description="drop rows with missing values instead of refusing them")
     streaming: bool = Field(
         False, description="read a Parquet file or directory in row-group batches each epoch instead of into memory"
     )
+
+    @field_validator("target", "exclude", "features", "reference", mode="before")
+    @classmethod
+    def _names_as_text(cls, v):
+        # YAML reads a column named 2010 as a number: a column name is text.
+        def text(x):
+            return str(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else x
+
+        if isinstance(v, list):
+            return [text(x) for x in v]
+        if isinstance(v, dict):
+            return {text(k): text(x) for k, x in v.items()}
+        return text(v)
 
     @model_validator(mode="after")
     def _source(self):
@@ -105,15 +133,45 @@ class DataConfig(_Strict):
                 raise ValueError("features lists a column twice")
             if self.target in self.features:
                 raise ValueError(f"the target {self.target!r} is also listed in features")
+            if self.exclude:
+                raise ValueError("give data.features or data.exclude, not both (exclude trims the default: every column)")
+        if self.sep == self.decimal:
+            raise ValueError(f"data.sep and data.decimal are both {self.sep!r}; a decimal comma needs another separator, e.g. ';'")
         return self
 
 
 # ---------------------------------------------------------------- model
 
 
+class Penalty(_Strict):
+    """Minimizes `1/(2n) ||y - b0 - Z w||^2 + l1 ||w||_1 + (l2/2) ||w||^2` over the training rows, with Z the
+    standardized design (each term centred, divided by its population SD; linear models: scikit-learn's
+    StandardScaler of the features; polynomial models: the standardized Legendre terms) and y in its own units; the
+    intercept b0 is not penalized. This is scikit-learn's `ElasticNet(alpha=l1+l2, l1_ratio=l1/(l1+l2))` on Z and
+    centred y, `Lasso(alpha=l1)` when l2 = 0, and `Ridge(alpha=l2*n)` when l1 = 0 (n training rows). Solved exactly
+    by coordinate descent in float64 (optimizer.kind: exact; L1 zeros are exact zeros); no standard errors are
+    reported (the penalty biases the coefficients).
+
+    The paragraph above is the config reference's text (docs/config.md).
+    """
+
+    l1: float = Field(0.0, ge=0, description="lasso: weight of the sum of |coefficients| (scikit-learn's Lasso alpha)")
+    l2: float = Field(0.0, ge=0, description="ridge: weight of half the sum of squared coefficients (Ridge alpha / n)")
+
+
 class LinearModel(_Strict):
     kind: Literal["linear"]
     intercept: bool = Field(True, description="fit a constant term; false forces the fit through the origin")
+    penalty: Optional[Penalty] = Field(None, description="ridge / lasso / elastic net on the standardized coefficients")
+    formula: Optional[str] = Field(None, description="R-style design through formulaic, e.g. 'y ~ x + C(g) + np.log(z)'")
+
+    @field_validator("formula")
+    @classmethod
+    def _tilde(cls, v):
+        if v is not None and "~" not in v:
+            raise ValueError(f"a linear model's formula is target ~ terms (a '~'), got {v!r}; "
+                             "'y = f(x; p)' is model.kind: formula")
+        return v
 
 
 class PolynomialModel(_Strict):
@@ -121,6 +179,7 @@ class PolynomialModel(_Strict):
     degree: int = Field(2, ge=1, le=30, description="highest total power of the terms")
     intercept: bool = Field(True, description="fit a constant term")
     interactions: bool = Field(True, description="products of features (several features only)")
+    penalty: Optional[Penalty] = Field(None, description="ridge / lasso / elastic net on the standardized terms")
 
 
 class MLPModel(_Strict):
@@ -161,21 +220,31 @@ Model = Annotated[Union[LinearModel, PolynomialModel, MLPModel, FormulaModel], F
 
 
 class LossConfig(_Strict):
-    kind: Literal["mse", "mae", "huber"] = Field("mse", description="mean squared error, mean absolute error, or Huber")
+    kind: Literal["mse", "mae", "huber", "quantile", "log_cosh", "poisson", "gamma"] = Field(
+        "mse", description="mean squared error, mean absolute error, Huber, quantile (pinball loss at loss.q; "
+        "q = 0.5 is half the absolute error), log(cosh(residual)), poisson (counts y >= 0) or gamma (y > 0), "
+        "both with the log link: the model gives log E[y]")
     delta: Optional[float] = Field(None, gt=0, description="huber: where it turns linear, in target units")
+    q: Optional[float] = Field(None, gt=0, lt=1, description="quantile: which quantile of the target to fit")
 
     @model_validator(mode="after")
     def _delta(self):
         if self.delta is not None and self.kind != "huber":
             raise ValueError(f"delta applies to loss kind 'huber' only, not {self.kind!r}; remove loss.delta")
+        if self.q is not None and self.kind != "quantile":
+            raise ValueError(f"q applies to loss kind 'quantile' only, not {self.kind!r}; remove loss.q")
+        if self.kind == "quantile" and self.q is None:
+            raise ValueError("loss kind 'quantile' needs loss.q, the quantile to fit (e.g. q: 0.9; 0.5 is the median)")
         return self
 
 
 class OptimizerConfig(_Strict):
-    kind: Literal["auto", "sgd", "adam", "adamw", "lbfgs", "lm"] = Field(
+    kind: Literal["auto", "sgd", "adam", "adamw", "lbfgs", "lm", "exact"] = Field(
         "auto",
-        description="auto: lbfgs for linear/polynomial models with mse (full batch, in memory), lm for formula "
-        "models with mse, adam otherwise; lm (Levenberg-Marquardt) is for formula models",
+        description="auto: lbfgs for linear/polynomial models with mse, huber or log_cosh (full batch, in memory), "
+        "exact for those with model.penalty or quantile, poisson or gamma loss, lm for formula models with mse, adam "
+        "otherwise; lm (Levenberg-Marquardt) is for formula models; exact: a float64 solver to the optimum "
+        "(coordinate descent for a penalty, a linear program for quantile, Newton's method for poisson and gamma)",
     )
     lr: Union[Literal["auto"], float] = Field("auto", description="a number, or auto (see the README)")
     momentum: Optional[float] = Field(None, ge=0, lt=1, description="sgd: heavy-ball momentum")
@@ -227,10 +296,21 @@ class TrainConfig(_Strict):
     tol: float = Field(1e-9, ge=0, description="stop when the loss improves by less than this (relative); 0: never stop on it")
     early_stopping: Optional[EarlyStopping] = None
     checkpoint_every: Optional[int] = Field(None, ge=1, description="save a checkpoint every N epochs")
+    starts: int = Field(1, ge=1, le=1000, description="formula models: fits from the start and N-1 seeded "
+                        "perturbations of it (log-uniform, x0.1 to x10), keeping the best (metrics.json: starts)")
+
+
+class MlflowConfig(_Strict):
+    tracking_uri: Optional[str] = Field(
+        None, min_length=1, description="MLflow store or server; default: $MLFLOW_TRACKING_URI, else sqlite:///OUTPUT_DIR/mlflow.db"
+    )
+    experiment: str = Field("gradfit", min_length=1, description="the MLflow experiment (created when missing)")
 
 
 class OutputConfig(_Strict):
     dir: str = Field("runs", description="run directories are made under it, relative to the working directory")
+    mlflow: Optional[MlflowConfig] = Field(None, description="log the run to MLflow (train/tracking.py); off when null")
+    tensorboard: bool = Field(False, description="write TensorBoard event files in RUN/tensorboard")
 
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -283,7 +363,7 @@ class Config(_Strict):
             # float64 where the optimizer reaches the optimum to the dtype's precision (second-order
             # information: lbfgs, lm); first-order steps on float32 are as accurate as their noise allows.
             # Formula models keep float32, as before auto existed.
-            full = self.optimizer.kind == "lbfgs" and self.model.kind in ("linear", "polynomial")
+            full = self.optimizer.kind in ("lbfgs", "exact") and self.model.kind in ("linear", "polynomial")
             chosen["dtype"] = "float64" if full else "float32"
             self.dtype = chosen["dtype"]
         self._auto = chosen
@@ -303,6 +383,10 @@ class Config(_Strict):
                 "optimizer 'lm' (Levenberg-Marquardt) fits formula models with mse loss only; "
                 "use lbfgs, adam or sgd here"
             )
+        if self.train.starts > 1 and kind != "formula":
+            raise ValueError(f"train.starts applies to formula models only (model.kind 'formula'), not {kind!r}; "
+                             "remove it or set train.starts: 1")
+        _check_exact(self)
         if opt.kind in ("lbfgs", "lm") and self.train.batch_size is not None:
             raise ValueError(f"optimizer {opt.kind!r} needs full batches; set train.batch_size: null")
         if self.train.early_stopping is not None and self.data.split.val == 0:
@@ -343,6 +427,10 @@ def auto_optimizer(cfg: Config) -> str:
     - everything else (MLPs, mae, mini-batches, streamed rows): adam.
     """
     full_batch = cfg.train.batch_size is None and not cfg.data.streaming
+    if getattr(cfg.model, "penalty", None) is not None:
+        return "exact"  # (_check_exact says what a penalty combines with)
+    if cfg.model.kind in ("linear", "polynomial") and cfg.loss.kind in EXACT_LOSSES and full_batch:
+        return "exact"
     if cfg.model.kind in ("linear", "polynomial") and cfg.loss.kind in AUTO_LBFGS_LOSSES and full_batch:
         return "lbfgs"
     if cfg.model.kind == "formula" and cfg.loss.kind == "mse":
@@ -350,5 +438,44 @@ def auto_optimizer(cfg: Config) -> str:
     return "adam"
 
 
+# The losses for which optimizer.kind: auto takes exact on linear and polynomial models (a linear
+# program for quantile, Newton's method for poisson and gamma: train/exact_route.py).
+EXACT_LOSSES = ("quantile", "poisson", "gamma")
+# ... and those optimizer.kind: exact also takes when asked (mae: the linear program at q = 0.5;
+# auto keeps adam for mae).
+EXACT_ON_REQUEST = (*EXACT_LOSSES, "mae")
 # The losses for which optimizer.kind: auto takes lbfgs on linear and polynomial models (see the README).
-AUTO_LBFGS_LOSSES = ("mse", "huber")
+AUTO_LBFGS_LOSSES = ("mse", "huber", "log_cosh")
+
+
+def _check_exact(cfg: Config) -> None:
+    """model.penalty and optimizer.kind: exact go together: penalized least squares on a linear or
+    polynomial model, solved by coordinate descent in float64 (optim/coordinate.py)."""
+    penalized = getattr(cfg.model, "penalty", None) is not None
+    if cfg.loss.kind in ("poisson", "gamma") and cfg.model.kind == "formula":
+        raise ValueError(f"loss kind {cfg.loss.kind!r} needs a model with a log link (linear, polynomial or mlp), not a "
+                         "formula model; write the formula for the mean and use loss.kind: mse")
+    if cfg.optimizer.kind == "exact" and not penalized and cfg.loss.kind not in EXACT_ON_REQUEST:
+        raise ValueError("optimizer.kind: exact solves penalized fits (model.penalty), quantile, mae, poisson and gamma loss only; "
+                         "use optimizer.kind: auto (lbfgs in float64 for least squares)")
+    if cfg.optimizer.kind == "exact" and cfg.model.kind not in ("linear", "polynomial"):
+        raise ValueError(f"optimizer.kind: exact fits linear and polynomial models only, not {cfg.model.kind!r}; "
+                         "use optimizer.kind: auto")
+    if cfg.optimizer.kind == "exact" and not penalized:
+        if cfg.data.streaming or cfg.train.batch_size is not None or cfg.train.early_stopping is not None:
+            raise ValueError("optimizer.kind: exact solves over all the training rows at once: remove "
+                             "data.streaming, train.batch_size and train.early_stopping")
+        return
+    if not penalized:
+        return
+    if cfg.optimizer.kind != "exact":
+        raise ValueError(f"model.penalty is solved exactly by coordinate descent (optimizer.kind: exact), not by "
+                         f"{cfg.optimizer.kind!r}; set optimizer.kind: auto or exact")
+    if cfg.loss.kind != "mse":
+        raise ValueError(f"model.penalty applies to loss kind 'mse' only, not {cfg.loss.kind!r}; "
+                         "remove model.penalty or set loss.kind: mse")
+    if cfg.data.streaming or cfg.train.batch_size is not None or cfg.train.early_stopping is not None:
+        raise ValueError("model.penalty is solved from the training rows' Gram matrix in one go: remove "
+                         "data.streaming, train.batch_size and train.early_stopping")
+    if cfg.optimizer.lr != "auto" or cfg.optimizer.weight_decay:
+        raise ValueError("optimizer.kind: exact takes no lr or weight_decay; remove them (model.penalty.l2 is the ridge term)")

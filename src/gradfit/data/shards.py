@@ -89,7 +89,7 @@ def load_shard(cfg, dist: Dist):
 
     def read():
         columns = gdata.read_columns(path)
-        feats = gdata.select_columns(columns, dc.target, dc.features, path)
+        feats = gdata.select_columns(columns, dc.target, dc.features, path, dc.exclude)
         cols = feats + [dc.target]
         if parquet:
             import pyarrow.parquet as pq  # (imported here for start-up time)

@@ -113,7 +113,7 @@ class StreamRows(ChunkedRows):
                 raise DataError(f"{f}: cannot read it as Parquet: {exc}") from None
             if names is None:
                 names = cols
-                self.features = select_columns(cols, dc.target, dc.features, f)
+                self.features = select_columns(cols, dc.target, dc.features, f, dc.exclude)
             elif any(c not in cols for c in self.features + [dc.target]):
                 missing = [c for c in self.features + [dc.target] if c not in cols]
                 raise DataError(f"{f}: column(s) {missing} not found (the first file, {self.files[0]}, has them)",

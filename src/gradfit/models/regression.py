@@ -21,7 +21,7 @@ from gradfit.data.batches import empty_design
 from gradfit.data.sources import MemoryRows
 from gradfit.errors import DataError
 from gradfit.models.base import Model
-from gradfit.models.features import FeatureMap, polynomial_terms, term_name
+from gradfit.models.features import FeatureMap, drop_indicator_powers, polynomial_terms, term_name
 from gradfit.models.heads import DTYPES, LinearHead, MLPHead
 
 # Rows per chunk when a large design is built or summarized: float64 temporaries of a few MiB
@@ -99,7 +99,9 @@ class RegressionModel(Model):
 
     def unscale(self, pred_scaled: torch.Tensor) -> torch.Tensor:
         """Head output -> original units, float64 on the CPU."""
-        return pred_scaled.detach().to("cpu", torch.float64) * self.y_scale.cpu() + self.y_shift.cpu()
+        out = pred_scaled.detach().to("cpu", torch.float64) * self.y_scale.cpu() + self.y_shift.cpu()
+        # loss poisson, gamma: the head's output is log E[y] (the log link), the target is never scaled
+        return out.exp() if self.spec.get("link") == "log" else out
 
     @torch.no_grad()
     def predict(self, X, batch_rows: int = 1 << 16) -> torch.Tensor:
@@ -181,7 +183,9 @@ class RegressionModel(Model):
         if self.spec["intercept"]:
             out["intercept"] = poly.get(zero, 0.0)
         out["coefficients"] = coefs
-        out["equation"] = equation(target, out.get("intercept"), coefs)
+        out["equation"] = equation(target if self.spec.get("link") != "log" else f"log(E[{target}])", out.get("intercept"), coefs)
+        if self.spec.get("link") == "log":
+            out["link"] = "log"  # (the coefficients are of log E[target])
         return out
 
     def parameter_names(self) -> list[str]:
@@ -226,8 +230,10 @@ def model_spec(cfg, feature_names: list[str], target: str) -> dict:
         "intercept": getattr(mc, "intercept", True),
         "standardize": cfg.data.standardize,
     }
+    if cfg.loss.kind in ("poisson", "gamma"):
+        spec["link"] = "log"  # (unscale: exp of the head's output)
     if mc.kind == "polynomial":
-        spec["terms"] = polynomial_terms(d, mc.degree, mc.interactions)
+        spec["terms"] = drop_indicator_powers(polynomial_terms(d, mc.degree, mc.interactions), list(feature_names))
         spec["basis"] = "legendre" if cfg.data.standardize and spec["intercept"] else "monomial"
     else:
         spec["terms"] = polynomial_terms(d, 1, False)
@@ -259,7 +265,8 @@ def fit_scaling(model: RegressionModel, X: torch.Tensor, y: torch.Tensor, summar
         _check_spread(rms, names)
         fm.scale.copy_(rms)
         fm.col_scale.copy_(_nonzero(summarize(fm.raw_terms)[0]["rms"]))
-        model.y_scale.copy_(_nonzero(ys["rms"].reshape(())))
+        if spec.get("link") != "log":  # (a log link's target stays in its units)
+            model.y_scale.copy_(_nonzero(ys["rms"].reshape(())))
         return
     if spec["basis"] == "legendre":
         lo, hi = xs["min"], xs["max"]
@@ -275,6 +282,8 @@ def fit_scaling(model: RegressionModel, X: torch.Tensor, y: torch.Tensor, summar
         zs = summarize(fm.raw_terms)[0]
         fm.col_mean.copy_(zs["mean"])
         fm.col_scale.copy_(_nonzero(zs["std"]))
+    if spec.get("link") == "log":  # (a log link's target stays in its units)
+        return
     model.y_shift.copy_(ys["mean"].reshape(()))
     model.y_scale.copy_(_nonzero(ys["std"].reshape(())))
 

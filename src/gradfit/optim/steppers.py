@@ -33,6 +33,7 @@ class KindFacts:
     under_ddp: bool = True  # several processes: the head is wrapped in DDP (LM reduces its own sums)
     has_lr: bool = True  # a learning rate (shown in the summary); LM has none
     whole_design: bool = False  # every step reads the whole design, whatever train.batch_size
+    own_stop: bool = False  # the optimizer's own test says when to stop (EpochOutcome.finished), not train.tol
 
 
 DEFAULT_TOL_WINDOW = 10
@@ -41,7 +42,9 @@ KINDS = {
     "adam": KindFacts(DEFAULT_TOL_WINDOW),
     "adamw": KindFacts(DEFAULT_TOL_WINDOW),
     "lbfgs": KindFacts(3, whole_design=True),
-    "lm": KindFacts(3, under_ddp=False, has_lr=False, whole_design=True),
+    "lm": KindFacts(3, under_ddp=False, has_lr=False, whole_design=True, own_stop=True),
+    # (solved outside the loop, from the Gram matrix: train/exact_route.py)
+    "exact": KindFacts(1, under_ddp=False, has_lr=False, whole_design=True),
 }
 # Full-batch gradient descent without momentum on a linear head with mse (a convex quadratic)
 # with a step below 2/L (lr: auto is 1.8/L) lowers the loss every epoch: no oscillation to
@@ -105,6 +108,7 @@ class EpochOutcome:
     loss: Any  # the epoch's training loss (0-dim tensor or float, scaled units)
     grad_max: Optional[float] = None  # lbfgs, lm: the largest gradient component after the epoch
     start_loss: Any = None  # lbfgs: the loss before its step (scaled units)
+    finished: Optional[str] = None  # lm: why to stop ("converged: ..." / "stuck: ..."); None: go on
 
 
 class EpochStep:
@@ -229,7 +233,7 @@ class LMStep(_InMemory):
         grad_max = self.optimizer.iterate(self.head, data.Z, data.y, dist=self.dist)
         with torch.no_grad():
             loss_t = self.loss_fn(self.head(data.Z), data.y)
-        return EpochOutcome(loss_t, grad_max)
+        return EpochOutcome(loss_t, grad_max, finished=self.optimizer.finished)
 
 
 class StreamedStep(EpochStep):

@@ -284,6 +284,9 @@ class LoadedModel:
         self.target: str = ck.spec["target"]
         self.config: dict = ck.config
         self.metrics: dict = ck.extra.get("metrics") or {}
+        # How raw table columns become the model's inputs (categories' levels, dates; data/encoding.py).
+        self.encoding: dict | None = ((ck.data or {}).get("source") or {}).get("encoding")
+        self.decimal: str = ((self.config or {}).get("data") or {}).get("decimal") or "."
 
     def __repr__(self) -> str:
         return f"LoadedModel({self.kind} model of {self.target!r} on {self.feature_names}, from {str(self.checkpoint.path)!r})"
@@ -295,14 +298,19 @@ class LoadedModel:
         from gradfit.data.tables import frame_to_arrays  # (imported here for start-up time)
 
         if hasattr(data, "columns"):
-            missing = [c for c in self.feature_names if c not in data.columns]
+            from gradfit.data.encoding import Encoding  # (imported here for start-up time)
+
+            enc = Encoding.from_json(self.encoding)
+            raw = enc.raw_columns if enc is not None else self.feature_names
+            missing = [c for c in raw if c not in data.columns]
             if missing:
                 raise DataError(
                     f"missing feature column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}; "
                     f"columns found: {', '.join(map(repr, map(str, data.columns)))}",
-                    hint=f"the model was trained on {self.feature_names}",
+                    hint=f"the model was trained on {raw}",
                 )
-            X, _, _ = frame_to_arrays(data.copy(), self.feature_names, None, "data", dropna=False)
+            coded = enc.apply(data, "data", 0) if enc is not None and not enc.is_numeric else data.copy()
+            X, _, _ = frame_to_arrays(coded, enc.keys if enc is not None else self.feature_names, None, "data", dropna=False)
         else:
             X = np.asarray(data, dtype=np.float64)
             d = len(self.feature_names)

@@ -52,7 +52,7 @@ def gradient_test_applies(cfg, model) -> bool:
     exact = cfg.loss.kind == "mse" and model.linear_in_parameters
     full = cfg.train.batch_size is None
     # (early stopping aims at the validation loss, not the training loss's minimum: its own rule stays)
-    return not exact and full and cfg.loss.kind in ("mse", "huber") and cfg.train.early_stopping is None
+    return not exact and full and cfg.loss.kind in ("mse", "huber", "log_cosh") and cfg.train.early_stopping is None
 
 
 def gradient_max(head, Z: torch.Tensor, y: torch.Tensor, loss_fn) -> float:
@@ -148,6 +148,11 @@ def convergence(optimizer: str, result, gap: Optional[float], dtype: str, epochs
                        f"{gap:.2g} (above {limit:.2g} for {dtype}); its coefficients are not the least-squares ones "
                        "and their standard errors are withheld; use optimizer.kind: lbfgs with dtype: float64 "
                        "(the defaults: auto), or more train.epochs"]
+    if result.stop_reason == "stalled":  # (lm's own test found it stuck: optim.lm; the gradient may be small there)
+        why = getattr(result, "finished", None) or "stuck"
+        return False, [f"not converged: optimizer {optimizer} is {why} after {result.epochs} epochs; the fit is not "
+                       "at a minimum (a plateau or a parameter running away); give other model.start values or "
+                       "train.starts: N"]
     if grads is not None and result.stop_reason != "early_stopping":
         g0, g1 = grads
         limit = gradient_rtol(dtype)
@@ -174,7 +179,18 @@ def assess(cfg, model, result, source, fit: Optional[dict], gap: Optional[float]
         G, _, n = (fit["gram"], None, fit["n"]) if fit is not None else gram(model, source)
         names = design_names(model)
         warns = design_warnings(names, G, n) + constant_at_dtype(names, Z, G, cfg.dtype) + warns
+    elif cfg.model.kind == "formula" and cfg.loss.kind == "mse":  # (the Jacobian's rank: results.identify)
+        from gradfit.results.identify import formula_warnings  # (imported here for start-up time)
+
+        warns = formula_warnings(model, source) + warns
     return converged, warns
+
+
+# Why a penalized fit (model.penalty) has no standard errors.
+PENALIZED_SE_WARNING = (
+    "standard errors are not reported for a penalized fit (model.penalty): the penalty shrinks the coefficients "
+    "toward zero (and L1 selects terms by the same data), so they are biased and the least-squares covariance "
+    "does not describe them; refit without model.penalty for standard errors and intervals")
 
 
 def standard_error_warning(model, n: int, reliable: bool, found: bool) -> list[str]:

@@ -79,7 +79,8 @@ def _evaluate_file(lm: LoadedModel, path: Path) -> Evaluation:
     from gradfit.results.metrics import regression_metrics  # (imported here for start-up time)
 
     dropna = bool((lm.config.get("data") or {}).get("dropna", False))
-    _, X, y, notes = load_table(path, lm.feature_names, lm.target, require_target=True, dropna=dropna)
+    _, X, y, notes = load_table(path, lm.feature_names, lm.target, require_target=True, dropna=dropna,
+                                encoding=lm.encoding, decimal=lm.decimal)
     pred = lm.predict(X)
     m = regression_metrics(torch.from_numpy(np.array(y, dtype=np.float64)), torch.from_numpy(pred), model_loss(lm))
     return Evaluation({"data": m}, {"data": int(len(y))}, str(path), lm, {}, list(notes))
@@ -109,6 +110,7 @@ def held_out_rows(lm: LoadedModel):
 
     from gradfit.data.split import Split, split_rows  # (imported here for start-up time)
     from gradfit.data.tables import fingerprint, load_dataset  # (imported here for start-up time)
+    from gradfit.results.splitfile import recorded_split  # (imported here for start-up time)
 
     ck = lm.checkpoint
     rec = ck.data or {}
@@ -154,7 +156,8 @@ def held_out_rows(lm: LoadedModel):
             hint="evaluate on a file with --data FILE",
         )
     seed = int(rec.get("seed", cfg.seed))
-    split = split_rows(ds.n_rows, val, test, seed)
+    # The run directory's split.csv when it has one (no redrawing: the same rows whatever the torch version).
+    split = recorded_split(ck.path.parent, ds) or split_rows(ds.n_rows, val, test, seed)
     # Only the held-out sets: an empty train set is skipped by evaluate_sets.
     held = Split(torch.zeros(0, dtype=torch.long), split.val, split.test)
     where = str(path) if path is not None else _describe_synthetic(source["synthetic"], seed)
@@ -225,12 +228,14 @@ def predict_file(
     out: str | Path | None = None,
     columns: Optional[Sequence[str]] = None,
     force: bool = False,
+    interval: Optional[float] = None,
 ) -> Predictions:
     """Predict every row of ``data``: its columns plus ``prediction`` (or ``columns``), written to ``out`` if given.
 
     ``out`` is written atomically, as Parquet when it ends in .parquet and as CSV otherwise,
     floats at full precision. It is never the data file or the checkpoint, and (unless ``force``)
-    never a path inside a run directory.
+    never a path inside a run directory. ``interval`` (e.g. 0.95): add the mean's confidence and the
+    observation's prediction intervals (results/inference.py; linear and polynomial MSE runs).
     """
     from gradfit.data.tables import load_table  # (imported here for start-up time)
 
@@ -239,12 +244,17 @@ def predict_file(
     out_path = Path(out) if out is not None else None
     if out_path is not None:
         _check_out(out_path, path, lm, force)
-    frame, X, _, _ = load_table(path, lm.feature_names, None, require_target=False)
+    frame, X, _, _ = load_table(path, lm.feature_names, None, require_target=False, encoding=lm.encoding, decimal=lm.decimal)
     notes = []
     if PREDICTION in frame.columns:
         notes.append(f"{path} already has a {PREDICTION!r} column; the output replaces it with this model's predictions")
     result = frame.copy()
     result[PREDICTION] = lm.predict(X)
+    if interval is not None:  # (statsmodels' summary_frame columns, from the run's summary.json)
+        from gradfit.results.inference import prediction_intervals  # (imported here for start-up time)
+
+        for name, values in prediction_intervals(lm.checkpoint.path, X, interval).items():
+            result[name] = values
     if columns:
         result = result[_select(list(columns), [str(c) for c in result.columns], path)]
     if out_path is not None:

@@ -29,8 +29,9 @@ class MetricSums:
     """
 
     def __init__(self):
-        self.v = torch.zeros(4, dtype=torch.float64)  # n, loss*n, sum r^2, sum |r|
+        self.v = torch.zeros(5, dtype=torch.float64)  # n, loss*n, sum r^2, sum |r|, named metric*n
         self.y = Moments()
+        self.loss_name = None
 
     def add(self, y: torch.Tensor, pred: torch.Tensor, loss) -> "MetricSums":
         y, pred = y.to(torch.float64), pred.to(torch.float64)
@@ -38,14 +39,16 @@ class MetricSums:
         if n == 0:
             return self
         r = pred - y
-        self.v += torch.tensor([n, loss.original(pred, y) * n, float(r.pow(2).sum()), float(r.abs().sum())],
+        self.loss_name = getattr(loss, "metric_name", None)
+        named = loss.metric(pred, y) * n if self.loss_name is not None else 0.0
+        self.v += torch.tensor([n, loss.original(pred, y) * n, float(r.pow(2).sum()), float(r.abs().sum()), named],
                                dtype=torch.float64)
         self.y.add(y)
         return self
 
     def result(self, dist: Dist) -> Optional[dict]:
         """The metrics over every rank's rows; None when there are none."""
-        n, loss_n, ss_res, sum_abs = dist.sum(self.v).tolist()
+        n, loss_n, ss_res, sum_abs, named_n = dist.sum(self.v).tolist()
         ys = self.y.reduce(dist)  # (every rank takes part, with rows or not)
         if n == 0:
             return None
@@ -55,8 +58,11 @@ class MetricSums:
             r2 = 1.0 - ss_res / ss_tot
         else:
             r2 = 1.0 if ss_res == 0 else float("-inf")
-        return {"loss": loss_n / n, "mse": mse, "rmse": math.sqrt(mse), "mae": sum_abs / n,
-                "r2": r2 if math.isfinite(r2) else None}
+        out = {"loss": loss_n / n, "mse": mse, "rmse": math.sqrt(mse), "mae": sum_abs / n,
+               "r2": r2 if math.isfinite(r2) else None}
+        if self.loss_name is not None:  # (pinball, log_cosh, poisson_deviance)
+            out[self.loss_name] = named_n / n
+        return out
 
 
 def regression_metrics(y: torch.Tensor, pred: torch.Tensor, loss) -> dict:

@@ -49,7 +49,8 @@ RUN_MARKER = ".gradfit-run"
 # The files a run writes (train/resume.py's RESUME_NAME among them): clean-up after a failure
 # removes only these, and only those this run created; a user's own file stays, and so does its directory.
 RUN_FILES = ("config.yaml", "metrics.json", "history.csv", "coefficients.json", "model.safetensors",
-             "optimizer.safetensors", "loss.png", "fit.png", "split.csv")
+             "optimizer.safetensors", "loss.png", "fit.png", "split.csv",
+             "split.parquet", "summary.json")
 
 
 @dataclass
@@ -142,8 +143,14 @@ def _claim_default(base: Path, name: str) -> RunClaim:
             if not p.is_dir() or any(p.iterdir()):
                 continue
             made = False
-        if _take_marker(p):
-            return RunClaim(p, made)
+        try:
+            if _take_marker(p):
+                return RunClaim(p, made)
+        except BaseException:  # (an interrupt between the mkdir and the marker: the directory goes again)
+            if made:
+                with contextlib.suppress(OSError):
+                    p.rmdir()
+            raise
     raise GradfitError(f"too many runs named {name!r} under {base}; choose another name")
 
 

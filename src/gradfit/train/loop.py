@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 import torch
 
-from gradfit.optim.steppers import TrainRows, make_epoch_step
+from gradfit.optim.steppers import TrainRows, facts, make_epoch_step
 from gradfit.train.stopping import Divergence, StopRules, StopState, noise_level
 
 __all__ = ["Callbacks", "EpochRecord", "LoopSettings", "StartFrom", "StopState", "TrainData", "TrainResult",
@@ -34,9 +34,10 @@ class EpochRecord:
 class TrainResult:
     history: list[EpochRecord] = field(default_factory=list)
     epochs: int = 0
-    stop_reason: str = "max_epochs"  # max_epochs | tolerance | early_stopping | interrupted
+    stop_reason: str = "max_epochs"  # max_epochs | tolerance | early_stopping | interrupted | stalled
     converged: bool = False
     seconds: float = 0.0
+    finished: Optional[str] = None  # lm: its own stopping test's verdict (optim.lm), for the warnings
     best_epoch: Optional[int] = None  # with early stopping: the epoch whose weights were kept
 
 
@@ -108,7 +109,9 @@ def _fit(head, rows: TrainRows, loss_fn, optimizer, s: LoopSettings, cb: Callbac
     eps = torch.finfo(rows.data.Z.dtype).eps
     noise = noise_level(step.target_sums(), eps, s.loss_power, s.loss_scale)
     inner = getattr(head, "module", head)  # the best weights are the head's own (DDP wraps it in .module)
-    rules = StopRules(start.stop_state if start.stop_state is not None else StopState(), inner, tol=s.tol, eps=eps,
+    # (an optimizer with its own stopping test, lm, ignores train.tol: see optim.lm)
+    tol = 0.0 if facts(s.kind).own_stop else s.tol
+    rules = StopRules(start.stop_state if start.stop_state is not None else StopState(), inner, tol=tol, eps=eps,
                       window=step.tol_window, noise=noise, early_stopping=s.early_stopping)
     result = TrainResult()
     divergence = Divergence(s.lr)
@@ -138,6 +141,10 @@ def _fit(head, rows: TrainRows, loss_fn, optimizer, s: LoopSettings, cb: Callbac
             cb.on_checkpoint(epoch)  # after the rules took this epoch in: a resume continues from here exactly
         if rules.converged():
             result.stop_reason, result.converged = "tolerance", True
+            break
+        if out.finished is not None:
+            ok = out.finished.startswith("converged")
+            result.stop_reason, result.converged, result.finished = ("tolerance" if ok else "stalled"), ok, out.finished
             break
         if cb.should_stop is not None and cb.should_stop():
             result.stop_reason = "interrupted"

@@ -16,11 +16,13 @@ import torch
 from gradfit import parallel
 from gradfit.config.loading import dump_yaml
 from gradfit.config.schema import Config
+from gradfit.data.columns import read_columns
 from gradfit.data.resolve import resolve_config
 from gradfit.data.sources import MemoryRows, RowSource
-from gradfit.data.split import STREAM_BATCH, STREAM_INIT, STREAM_PLOT, Dataset, Split, generator, split_rows
+from gradfit.data.split import STREAM_BATCH, STREAM_INIT, STREAM_PLOT, Dataset, Split, generator, row_sets, split_rows
 from gradfit.data.tables import load_dataset
-from gradfit.errors import DataError
+from gradfit.data.wilkinson import resolve_wilkinson
+from gradfit.errors import Aborted, DataError, signal_name
 from gradfit.files import WriteError
 from gradfit.models import losses
 from gradfit.models.build import build_model
@@ -28,17 +30,22 @@ from gradfit.models.regression import DESIGN_CHUNK_ROWS, RegressionModel
 from gradfit.optim import plan as optim
 from gradfit.optim.steppers import facts
 from gradfit.parallel import resolve_device
-from gradfit.results import diagnostics, plots
+from gradfit.results import diagnostics, inference, plots
 from gradfit.results.checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
 from gradfit.results.exact import exact_fit
 from gradfit.results.metrics import evaluate_sets, predict_rows, target_variance
 from gradfit.results.rundir import RUN_FILES, claim_run_dir, write_history, write_json, write_text
+from gradfit.results.splitfile import write_split
 from gradfit.results.uncertainty import standard_errors
 from gradfit.train import resume as rs
 from gradfit.train import shards, streamed
+from gradfit.train.exact_route import solve_exact
 from gradfit.train.loop import Callbacks, EpochRecord, LoopSettings, StartFrom, TrainData, TrainResult, TrainRows, fit
 from gradfit.train.prepared import Prepared
+from gradfit.train.resources import check_memory
+from gradfit.train.starts import choose_start
 from gradfit.train.stopping import StopState
+from gradfit.train.tracking import track_finished
 
 
 @dataclass
@@ -51,6 +58,7 @@ class RunResult:
     model: RegressionModel
     notes: list[str] = field(default_factory=list)
     lr_rule: str = ""
+    summary: Optional[dict] = None  # summary.json's sums (results/inference.py), for linear/polynomial MSE runs
 
 
 def resolved_config_dict(cfg: Config) -> dict:
@@ -75,12 +83,18 @@ def data_record(cfg: Config, ds: Dataset, rows: RowSource) -> dict:
     }
 
 
-def prepare(cfg: Config) -> Prepared:
-    """Read the data, split it, build the model and the training design, resolve the step size."""
+def prepare(cfg: Config, split: Optional[Split] = None) -> Prepared:
+    """Read the data, split it, build the model and the training design, resolve the step size.
+
+    ``split``: explicit row indices of each set (cross-validation's folds, train/cv.py)
+    instead of the seeded fractions of ``data.split``; in-memory data only."""
     t0 = time.perf_counter()
+    check_memory(cfg)  # (before anything is allocated: huge data, designs or models are refused in words)
     device = resolve_device(cfg.device)
     if cfg.model.kind == "formula":
         cfg = resolve_config(cfg)  # target and input columns from the formula, checked against the data
+    elif cfg.model.kind == "linear" and cfg.model.formula:
+        cfg = resolve_wilkinson(cfg, read_columns(cfg.resolved_data_path(), cfg.data.sep) if cfg.data.path else [])
     dist = parallel.setup(device)  # SINGLE without torchrun
     # Where the rows live, decided here once (Prepared.rows, data/sources.py): streamed from
     # Parquet, each torchrun rank its shard, or all of them in this process's memory.
@@ -89,7 +103,8 @@ def prepare(cfg: Config) -> Prepared:
     if dist.enabled:
         return shards.prepare(cfg, dist, device, t0)
     ds = load_dataset(cfg)
-    split = split_rows(ds.n_rows, cfg.data.split.val, cfg.data.split.test, cfg.seed)
+    if split is None:
+        split = split_rows(ds.n_rows, cfg.data.split.val, cfg.data.split.test, cfg.seed)
     rows = MemoryRows(ds.X, ds.y, split)
     by_columns = _column_major(cfg, device, split)  # (never for formula models)
     init = generator(cfg.seed, STREAM_INIT)
@@ -135,9 +150,14 @@ def train(
     on_epoch: Optional[Callable[[EpochRecord], None]] = None,
     should_stop: Optional[Callable[[], bool]] = None,
     on_start: Optional[Callable[["Prepared"], None]] = None,
+    split: Optional[Split] = None,
 ) -> RunResult:
-    """Train the experiment and (with ``write``) write its run directory."""
-    prep = prepare(cfg)
+    """Train the experiment and (with ``write``) write its run directory (``split``: see ``prepare``)."""
+    starts = None
+    if cfg.train.starts > 1:  # formula models: the best of N starts (train/starts.py), then the run from it
+        cfg, starts = choose_start(cfg, lambda c: train(c, write=False, split=split))
+    prep = prepare(cfg, split)
+    prep.starts = starts
     try:
         # Distributed: rank 0 alone writes the run directory (the others agree on its errors).
         claim = prep.dist.agree(lambda: claim_run_dir(cfg.output.dir, cfg.name, out, force) if write and prep.dist.is_main else None)
@@ -201,6 +221,11 @@ def _train_prepared(prep: Prepared, run_dir, claim, state, history, on_epoch, sh
     try:
         if on_start is not None:
             on_start(prep)
+        if cfg.optimizer.kind == "exact":  # (solved from the Gram matrix, not by the loop)
+            result, check, uncertainty = solve_exact(prep)
+            note = on_epoch if on_epoch is not None else (lambda rec: None)
+            note(result.history[0])
+            return finish(prep, result, run_dir, exact_check=check, exact_uncertainty=uncertainty)
         opt = optim.make_optimizer(cfg, model.head.parameters(), prep.plan.lr, prep.device, prep.plan.iters_per_epoch)
         gen = generator(cfg.seed, STREAM_BATCH)
         # The stopping rules' memory (early stopping's best epoch and weights, L-BFGS's gradient
@@ -241,7 +266,7 @@ def _train_prepared(prep: Prepared, run_dir, claim, state, history, on_epoch, sh
         if run_dir is not None:
             _say_what_is_kept(err, run_dir, claim, prep, records)
         raise
-    except BaseException:
+    except BaseException as exc:
         # Nothing half-written: a new run that failed before saving anything removes the files it
         # wrote (and its directory, if it made it); one with a periodic checkpoint, or whose training
         # ended and whose state is saved (a second Ctrl-C while the run is written), keeps them, to be resumed.
@@ -250,8 +275,23 @@ def _train_prepared(prep: Prepared, run_dir, claim, state, history, on_epoch, sh
             _keep_resumable(prep, run_dir, records)
         elif claim is not None:
             claim.clean_up()
+        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, Aborted) and run_dir is not None:
+            raise Aborted(what_is_kept(Path(run_dir), claim), signal_name(exc)) from None
         raise
     return run
+
+
+def what_is_kept(run_dir: Path, claim) -> str:
+    """After an abort: what ``run_dir`` holds now (the words the CLI prints), and how to go on."""
+    if not run_dir.is_dir():
+        return f"nothing had been saved; {run_dir} was removed (this run had made it)"
+    kept = sorted(n for n in RUN_FILES if (run_dir / n).is_file() and (claim is None or n not in claim.before))
+    if claim is None or all((run_dir / n).is_file() for n in ("config.yaml", "history.csv", rs.RESUME_NAME)):
+        return (f"{run_dir} keeps {', '.join(kept) or 'its saved files'}; continue it with: "
+                f"gradfit train --resume {run_dir}")
+    if not kept:
+        return f"nothing had been saved; this run's files were removed from {run_dir} (the directory was there before)"
+    return f"{run_dir} keeps {', '.join(kept)} (not enough to resume); run the training again"
 
 
 def _keep_resumable(prep: Prepared, run_dir: Path, records: list[EpochRecord]) -> None:
@@ -306,8 +346,12 @@ def save_partial_run(prep: Prepared, run_dir: Path, history: list[EpochRecord], 
     (run_dir / "metrics.json").unlink(missing_ok=True)
 
 
-def finish(prep: Prepared, result: TrainResult, run_dir: Optional[Path]) -> RunResult:
-    """Metrics, exact check, coefficients, and the files of the run directory."""
+def finish(prep: Prepared, result: TrainResult, run_dir: Optional[Path], exact_check: Optional[dict] = None,
+           exact_uncertainty: Optional[dict] = None) -> RunResult:
+    """Metrics, exact check, coefficients, and the files of the run directory.
+
+    ``exact_check``: a penalized fit's optimality test (train/exact_route.py), which replaces the
+    least-squares check; ``exact_uncertainty``: its standard errors (poisson: the Fisher information's)."""
     cfg, model, ds, rows, loss = prep.cfg, prep.model, prep.ds, prep.rows, prep.loss
     model.head.eval()
     sets = evaluate_sets(model, rows, loss)
@@ -324,8 +368,12 @@ def finish(prep: Prepared, result: TrainResult, run_dir: Optional[Path]) -> RunR
     }
     if result.best_epoch is not None:
         metrics["best_epoch"] = result.best_epoch
+    if getattr(prep, "starts", None) is not None:
+        metrics["starts"] = prep.starts
     mse = cfg.loss.kind == "mse"
-    fit = exact_fit(model, rows) if mse and model.linear_in_parameters else None
+    fit = exact_fit(model, rows) if mse and model.linear_in_parameters and exact_check is None else None
+    if exact_check is not None:
+        metrics["exact"] = exact_check
     train_mse = sets["train"]["mse"]
     if fit is not None:
         var = target_variance(rows)
@@ -337,7 +385,11 @@ def finish(prep: Prepared, result: TrainResult, run_dir: Optional[Path]) -> RunR
     converged, warnings = diagnostics.assess(cfg, model, result, rows, fit, gap, getattr(prep.data, "Z", None), grads)
     metrics["converged"] = converged
     coefficients = model.coefficients()
-    if mse and model.has_standard_errors:
+    if exact_check is not None and "kkt" in exact_check:
+        warnings.append(diagnostics.PENALIZED_SE_WARNING)
+    elif exact_uncertainty:
+        coefficients.update(exact_uncertainty)
+    elif mse and model.has_standard_errors:
         # (a linear model's from the exact check's Gram matrix and the training metrics' residuals)
         coefficients.update(standard_errors(model, rows, fit, train_mse * rows.count("train")))
         if "std_errors" in coefficients:
@@ -345,8 +397,11 @@ def finish(prep: Prepared, result: TrainResult, run_dir: Optional[Path]) -> RunR
         warnings += diagnostics.standard_error_warning(model, rows.count("train"), converged, "std_errors" in coefficients)
     metrics["warnings"] = list(dict.fromkeys(warnings))  # (in order, each once)
     run = RunResult(run_dir, metrics, coefficients, cfg, result, model, list(ds.notes), prep.plan.lr_rule)
+    if inference.summary_supported(cfg, model) is None:  # (every rank: the sums are reduced over the ranks)
+        run.summary = inference.summary_sums(model, rows)
     if run_dir is not None:
         write_run(run, prep)
+        track_finished(run, resolved_config_dict(cfg))  # (output.mlflow, output.tensorboard: off by default)
     return run
 
 
@@ -378,6 +433,10 @@ def write_run(run: RunResult, prep: Prepared) -> None:
     write_text(d / "config.yaml", dump_yaml(cfg_dict))
     write_history(d / "history.csv", run.result.history)
     write_json(d / "coefficients.json", run.coefficients)
+    if run.summary is not None:
+        write_json(d / inference.SUMMARY_NAME, run.summary)
+    if type(prep.rows) is MemoryRows:  # (one process holding every row: shards and streams have no file-row map)
+        write_split(d, row_sets(ds, split))
     save_checkpoint(
         d / CHECKPOINT_NAME,
         model,

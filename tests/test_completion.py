@@ -39,5 +39,5 @@ def test_bash_completes_commands_and_options():
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
 def test_completion_scripts_for_each_shell(shell, cli):
     r = cli("--show-completion", shell)
-    assert r.exit_code == 0
+    assert r.exit_code == 0, (r.output, r.exception)
     assert "_GRADFIT_COMPLETE" in r.stdout

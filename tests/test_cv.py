@@ -91,6 +91,26 @@ def test_time_and_group_folds(tmp_path):
         assert not set(groups[s.train.numpy()]) & set(groups[s.val.numpy()])
 
 
+def test_group_column_is_read_as_training_reads_the_file(tmp_path):
+    """A semicolon file with decimal commas: the group labels come from the same reader (sniffed
+    separator, data.decimal), and a ragged line is named as training names it."""
+    from gradfit.errors import DataError
+    from gradfit.train.cv import make_folds
+
+    rows = "".join(f"{i},5;{'ab'[i % 2]}{i % 3};{2 * i + 1},25\n" for i in range(30))
+    (tmp_path / "d.csv").write_text("x;g;y\n" + rows)
+    (tmp_path / "c.yaml").write_text("name: t\ndata: {path: d.csv, target: y, features: [x], decimal: ',', "
+                                     "split: {val: 0, test: 0}}\nmodel: {kind: linear}\n")
+    g = make_folds(load_config(tmp_path / "c.yaml"), 3, group="g")
+    groups = np.array([f"{'ab'[i % 2]}{i % 3}" for i in range(30)])
+    for k in range(3):
+        s = g.split(0, k)
+        assert not set(groups[s.train.numpy()]) & set(groups[s.val.numpy()])
+    (tmp_path / "d.csv").write_text("x;g;y\n" + rows + "1,5;a0;3,25;7\n")
+    with pytest.raises(DataError, match="line 32"):
+        make_folds(load_config(tmp_path / "c.yaml"), 3, group="g")
+
+
 def test_too_many_folds_is_a_clear_error(tmp_path):
     (tmp_path / "lin.yaml").write_text(LINEAR)
     res = CliRunner().invoke(app, ["cv", str(tmp_path / "lin.yaml"), "--folds", "40", "--out", str(tmp_path / "o")])

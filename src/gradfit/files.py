@@ -82,6 +82,57 @@ def read_text_input(path: str | Path, what: str, error: type[GradfitError] = Gra
         raise error(f"{p}: not a text file (it is not valid UTF-8)") from None
 
 
+# The signs of a run directory: the marker a run keeps while it runs (results/rundir.py's RUN_MARKER),
+# or a finished run's config.yaml beside its checkpoint or metrics.
+RUN_MARKER = ".gradfit-run"
+_FINISHED_RUN_FILES = ("model.safetensors", "metrics.json")
+
+
+def run_dir_holding(path: str | Path) -> Path | None:
+    """The run directory ``path`` is or lies in (one being written, or a finished one), or None."""
+    path = Path(path).resolve()
+    for d in (path, *path.parents):
+        if (d / RUN_MARKER).exists() or (
+            (d / "config.yaml").is_file() and any((d / n).is_file() for n in _FINISHED_RUN_FILES)
+        ):
+            return d
+    return None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # (one of them does not exist: nothing to overwrite)
+        return False
+
+
+def check_output(out: str | Path, *, inputs=(), force: bool = False, writes: str = "files", option: str = "--out",
+                 error: type[GradfitError] = GradfitError, own_runs=(), own_names=()) -> None:
+    """Refuse an output path that is one of the command's inputs (always), or that is or lies inside
+    a run directory (unless ``force``), before anything is computed or written.
+
+    ``inputs``: (path, what) pairs, e.g. (data, "the input data file"). ``own_runs``: run directories
+    the command writes into by design (export's RUN/model.onnx, report's RUN/report.html); there a
+    new file, or one named in ``own_names``, is allowed.
+    """
+    out = Path(out)
+    named = f"{option} {out}" if option else str(out)
+    for other, what in inputs:
+        if other is not None and _same_file(out, Path(other)):
+            raise error(f"{named} is {what}; refusing to overwrite it", hint="write to another path")
+    if force:
+        return
+    run = run_dir_holding(out)
+    if run is None:
+        return
+    if run in {Path(r).resolve() for r in own_runs} and run != out.resolve() and (out.name in own_names or not out.exists()):
+        return
+    raise error(
+        f"{named} is inside the run directory {run}; gradfit does not write {writes} among a run's files",
+        hint="write outside the run directory, or add --force to write there anyway",
+    )
+
+
 class WriteError(GradfitError):
     """A file could not be written: no space, a read-only file system, no permission, a size limit."""
 

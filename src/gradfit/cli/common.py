@@ -87,10 +87,22 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def ignore_signals() -> None:
+    """An abort is under way: a further Ctrl-C or SIGTERM must not cut its message and exit code 130
+    short (Python's default handler would end the process by SIGINT in the middle of exiting)."""
+    import signal  # (imported here for start-up time)
+    import threading  # (imported here for start-up time)
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
+
 def interrupted(exc: KeyboardInterrupt) -> "typer.Exit":
     """Print what an interrupt stopped (an Aborted run says what its directory keeps); the Exit (130)."""
     from rich.markup import escape  # (imported here for start-up time)
 
+    ignore_signals()
     from gradfit.errors import Aborted, signal_name  # (a plain module: no torch)
 
     what = exc.message if isinstance(exc, Aborted) else "the command stopped before it finished"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -84,8 +85,12 @@ def init(
 
 
 @app.command()
-def schema() -> None:
-    """Print the JSON Schema of the config file (for editors: gradfit schema > gradfit.schema.json).
+@user_errors
+def schema(
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the schema to this file (atomically) instead of stdout."),
+    force: bool = typer.Option(False, "--force", help="Write --out even inside a run directory."),
+) -> None:
+    """Print the JSON Schema of the config file (for editors: gradfit schema --out gradfit.schema.json).
 
     Point an editor at it with a first line  # yaml-language-server: $schema=gradfit.schema.json
     in the config (gradfit init writes it).
@@ -93,10 +98,18 @@ def schema() -> None:
     import json  # (imported here for start-up time)
 
     from gradfit.config.schema import Config  # (imported here for start-up time)
+    from gradfit.files import check_output, write_text  # (imported here for start-up time)
 
+    if out is not None:
+        check_output(out, force=force, writes="schemas")
     doc = {"$schema": "https://json-schema.org/draft/2020-12/schema", **Config.model_json_schema()}
     doc["title"] = "gradfit config"
-    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    text = json.dumps(doc, indent=2) + "\n"
+    if out is None:
+        sys.stdout.write(text)
+        return
+    write_text(out, text)
+    stderr_console().print(f"wrote {out}", soft_wrap=True, markup=False)
 
 
 # ---------------------------------------------------------------- runs
@@ -140,8 +153,22 @@ def runs(
     console = stdout_console()
     with console.capture() as captured:
         console.print(runs_table(records, sort, console.width), soft_wrap=False)
+        _sweep_ranking(directory, console)
     # rich pads every line to the table's width; the padding is noise in a pipe or a diff.
     sys.stdout.write(_TRAILING_SPACE.sub(r"\1", captured.get()))
+
+
+def _sweep_ranking(directory: Path, console) -> None:
+    """A sweep directory's ranking (its ranking.json), below the list of its runs."""
+    from gradfit.train.sweep_draws import read_ranking  # (imported here for start-up time; no torch)
+
+    ranking = read_ranking(directory)
+    if ranking is None:
+        return
+    from gradfit.cli.select import ranking_table  # (imported here for start-up time)
+
+    console.print(f"\nsweep ranking by {ranking.get('metric')} (ranking.json):", markup=False, highlight=False)
+    console.print(ranking_table(str(ranking.get("metric")), ranking["runs"]), soft_wrap=False)
 
 
 # Spaces at the end of a line, before any closing colour codes.

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from gradfit.cli.common import app, imports_done, interrupted, stderr_console, stdout_console, user_errors
+from gradfit.cli.common import app, ignore_signals, imports_done, interrupted, stderr_console, stdout_console, user_errors
 
 # gradfit train --strict: the exit code of a run that trained and was written but has warnings
 # (distinct from 1, a failure, and 2, usage: docs/errors.md)
@@ -199,6 +199,8 @@ def train(
     except KeyboardInterrupt as exc:
         from gradfit.errors import Aborted, signal_name  # (imported here for start-up time)
 
+        stop.restore()
+        ignore_signals()  # (a further signal while this is said and the process exits: no death by SIGINT)
         if isinstance(exc, Aborted):  # the run itself says what its directory keeps
             raise interrupted(exc) from None
         if stop.received is None:  # before training began (reading the data): nothing was written
@@ -288,8 +290,10 @@ def render_summary(console, run) -> None:
         console.print(f"penalized least squares: objective {fmt(x['objective'], 8)}, KKT violation {x['kkt']:.2e}, "
                       f"{x['zeros']} coefficients exactly 0")
     elif "solver" in m.get("exact", {}):  # (quantile: a linear program; poisson: Newton's method)
-        console.print(f"solved exactly ({m['exact']['solver']}): {run.config.loss.kind} loss "
-                      f"{fmt(m['exact']['objective'], 8)}")
+        x = m["exact"]
+        robust = (f", scale {fmt(x['scale'], 6)} ({'MAD, estimated' if x['scale_estimated'] else 'fixed'}), "
+                  f"delta {fmt(x['delta'], 6)}") if "delta" in x else ""  # (huber: the IRLS's scale and delta)
+        console.print(f"solved exactly ({x['solver']}): {run.config.loss.kind} loss {fmt(x['objective'], 8)}{robust}")
     elif "exact" in m:
         console.print(f"exact least squares: mse {fmt(m['exact']['loss'], 6)}, gap {m['exact']['gap']:.2e}")
     eq = run.coefficients.get("equation")
@@ -307,7 +311,26 @@ def render_summary(console, run) -> None:
         console.print(table)
         for line in notes:
             console.print(line, soft_wrap=True)
+    short = inference_line(run)
+    if short:
+        console.print(short, soft_wrap=True)
     console.print(f"run directory: {run.run_dir}", soft_wrap=True)
+
+
+def inference_line(run) -> str:
+    """The summary's short form (results.inference.short_summary), pointing at 'gradfit summary' ('' without one)."""
+    from gradfit.results.inference import short_summary  # (imported here for start-up time)
+
+    s = short_summary(getattr(run, "summary", None))
+    if s is None:
+        return ""
+    where = f"gradfit summary {run.run_dir}" if run.run_dir is not None else "gradfit summary RUN"
+    if s.get("model") == "formula":
+        head = f"nonlinear least squares: AIC {fmt(s['aic'])}, BIC {fmt(s['bic'])}"
+    else:
+        p = "nan" if s["f_pvalue"] is None else f"{s['f_pvalue']:.3g}"
+        head = f"R^2 {fmt(s['r2'])}, adj. R^2 {fmt(s['adj_r2'])}, F {fmt(s['f_stat'])} (p {p})"
+    return f"{head}, {s['nobs']:.0f} rows\nthe full table: {where}"
 
 
 def coefficient_table(c: dict):

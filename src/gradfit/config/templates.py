@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from gradfit.errors import GradfitError
-from gradfit.files import write_text
+from gradfit.files import check_output, write_text
 
 _HEADER = """\
 # yaml-language-server: $schema=gradfit.schema.json
@@ -180,6 +180,7 @@ def write_example(path: str, model: str = "polynomial", force: bool = False) -> 
     for p in files:
         if p.is_dir():
             raise GradfitError(f"{p} is a directory; nothing was written", hint="give another PATH")
+        check_output(p, force=force, writes="example configs", option="")  # (not among a run's files)
     for p, text in files.items():
         try:
             write_text(p, text)

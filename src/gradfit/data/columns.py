@@ -25,13 +25,15 @@ def read_columns(path: Path, sep: str | None = None) -> list[str]:
         if is_parquet(path):
             import pyarrow.parquet as pq  # (imported here for start-up time)
 
-            return list(pq.read_schema(path).names)
+            return _unique(path, [str(c) for c in pq.read_schema(path).names])
         sep = sep or sniff_sep(path)
         small = _small_csv(path, sep)
         if small is not None:
             return list(small[0])
         import pandas as pd  # (imported here for start-up time)
 
+        with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:  # (pandas renames a repeat x to x.1)
+            _unique(path, next(csv.reader(f, delimiter=sep), []))
         return [str(c) for c in pd.read_csv(path, nrows=0, sep=sep).columns]
     except DataError:
         raise
@@ -42,6 +44,22 @@ def read_columns(path: Path, sep: str | None = None) -> list[str]:
                 hint="a CSV needs a header line with the column names, then one line per row",
             ) from None
         raise DataError(f"{path}: cannot read it as {'Parquet' if is_parquet(path) else 'CSV'}: {exc}") from None
+
+
+def _unique(path: Path, names: list[str]) -> list[str]:
+    """``names``, refused (naming the repeats) when a column name occurs twice: which one is meant is unknowable."""
+    seen, repeated = set(), []
+    for n in names:
+        if n in seen and n not in repeated:
+            repeated.append(n)
+        seen.add(n)
+    if repeated:
+        raise DataError(
+            f"{path}: the column name{'s' if len(repeated) > 1 else ''} {', '.join(map(repr, repeated))} "
+            f"occur{'' if len(repeated) > 1 else 's'} more than once in the header ({len(names)} columns)",
+            hint="give every column its own name",
+        )
+    return names
 
 
 def is_parquet(path: Path) -> bool:

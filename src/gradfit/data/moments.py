@@ -85,3 +85,38 @@ class Moments:
             "rms": (total.sumsq / n).sqrt(),
         }
 
+
+
+# ---------------------------------------------------------------- statistics float64 cannot hold
+
+TINY = 2.2250738585072014e-308  # float64's smallest normal number: below it a spread has lost its digits
+
+
+def check_scaling(stats: dict, names: list[str]) -> None:
+    """Refuse columns whose scaling statistics (``Moments.reduce``) float64 cannot hold, with the true cause.
+
+    Values near 1e308 overflow the sums of squares (the spread becomes inf, and training a NaN loss);
+    distinct values all subnormal (below 2.2e-308) have a spread that underflows to 0 or nearly
+    (so that they looked like a single value, and a coefficient of 1 / spread overflows).
+    """
+    from gradfit.errors import DataError  # (a plain module)
+
+    lo, hi = stats["min"].tolist(), stats["max"].tolist()
+    spread = [stats[k].tolist() for k in ("mean", "std", "rms")]
+    for j, name in enumerate(names):
+        if not (math.isfinite(lo[j]) and math.isfinite(hi[j])):
+            continue  # (non-finite values are refused where the rows are read)
+        big = f"{max(abs(lo[j]), abs(hi[j])):.1e}".replace("e+", "e")
+        if not all(math.isfinite(s[j]) for s in spread):
+            raise DataError(
+                f"the data's scaling statistics overflow: values up to {big} in column {name!r} "
+                "(their squares exceed float64's largest number, 1.8e308), so the column cannot be standardized",
+                hint=f"rescale the column (divide {name!r} by 1e300, say: its values must stay far below 1e154)",
+            )
+        if hi[j] > lo[j] and (hi[j] - lo[j] < TINY or not spread[1][j] > 0):
+            raise DataError(
+                f"column {name!r} has distinct values, from {lo[j]:.3g} to {hi[j]:.3g}, but they are subnormal "
+                "(their spread is below float64's smallest normal number, 2.2e-308), so it cannot be scaled "
+                "and its coefficient would overflow",
+                hint=f"rescale the column (multiply {name!r} by 1e300, say)",
+            )

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import csv
 import io
 from pathlib import Path
 
 import torch
 
 from gradfit.data import tables as gdata
+from gradfit.data.columns import _ragged
 from gradfit.data.split import Split, split_rows
 from gradfit.errors import DataError
+from gradfit.files import os_cause
 from gradfit.parallel import Dist
 
 # ---------------------------------------------------------------- each rank's rows
@@ -36,27 +39,39 @@ def assign_groups(sizes: list[int], rank: int, world: int) -> list[int]:
 
 
 def _read_csv_shard(path: Path, columns: list[str], rank: int, world: int):
-    """This rank's lines of a CSV file: those whose first byte lies in its byte range of the body."""
+    """This rank's lines of a CSV file: those whose first byte lies in its byte range of the body.
+
+    Each rank checks the shape of its own lines (as many fields as the header; check_csv_shape's rule
+    for the whole file), so that a ragged row is refused on this path too, naming its line of the file.
+    """
 
     import pandas as pd  # (imported here for start-up time)
 
-    with open(path, "rb") as f:
-        header = f.readline()
-        body_start = f.tell()
-        size = path.stat().st_size - body_start
-        lo, hi = shard_range(size, rank, world)
+    try:
+        with open(path, "rb") as f:
+            header = f.readline()
+            body_start = f.tell()
+            size = path.stat().st_size - body_start
+            lo, hi = shard_range(size, rank, world)
 
-        def line_start(pos: int) -> int:
-            # The first line beginning at or after body offset pos.
-            if pos <= 0:
-                return body_start
-            f.seek(body_start + pos - 1)
-            f.readline()
-            return f.tell()
+            def line_start(pos: int) -> int:
+                # The first line beginning at or after body offset pos.
+                if pos <= 0:
+                    return body_start
+                f.seek(body_start + pos - 1)
+                f.readline()
+                return f.tell()
 
-        a, b = line_start(lo), line_start(hi) if hi < size else body_start + size
-        f.seek(a)
-        chunk = f.read(max(0, b - a))
+            a, b = line_start(lo), line_start(hi) if hi < size else body_start + size
+            f.seek(a)
+            chunk = f.read(max(0, b - a))
+            bad = shard_shape_error(header, chunk)
+            if bad is not None:
+                f.seek(0)
+                lines_before = f.read(a).count(b"\n")  # (only on the error path: the line's number in the file)
+                _ragged(path, lines_before + bad[0], bad[1], bad[2])
+    except OSError as exc:
+        raise DataError(f"cannot read data file {path}: {os_cause(exc)}") from None
     try:
         buf = io.BytesIO(header + chunk)
         try:
@@ -68,6 +83,34 @@ def _read_csv_shard(path: Path, columns: list[str], rank: int, world: int):
         if type(exc).__name__ == "EmptyDataError":
             return pd.DataFrame({c: pd.Series(dtype="float64") for c in columns})
         raise DataError(f"{path}: cannot read it: {exc}") from None
+
+
+def shard_shape_error(header: bytes, chunk: bytes, sep: str = ",") -> tuple[int, int, int] | None:
+    """The first non-blank line of ``chunk`` whose field count differs from the header's:
+    (its line within the chunk, from 1; its fields; the header's), or None when every line fits."""
+    rows = csv.reader(io.StringIO(header.decode("utf-8-sig", errors="replace"), newline=""), delimiter=sep)
+    expected = len(next(rows, []))
+    if not chunk:
+        return None
+    if b'"' not in chunk:  # (no quotes: count the separators of each line, as check_csv_shape does)
+        import numpy as np  # (imported here for start-up time)
+
+        buf = np.frombuffer(chunk if chunk.endswith(b"\n") else chunk + b"\n", np.uint8)
+        ends = np.flatnonzero(buf == 10)
+        starts = np.concatenate(([0], ends[:-1] + 1))
+        at = np.flatnonzero(buf == ord(sep))
+        fields = np.searchsorted(at, ends) - np.searchsorted(at, starts) + 1
+        lengths = ends - starts - (buf[np.maximum(ends - 1, 0)] == 13)
+        bad = np.flatnonzero((lengths > 0) & (fields != expected))
+        return (int(bad[0]) + 1, int(fields[bad[0]]), expected) if len(bad) else None
+    reader = csv.reader(io.StringIO(chunk.decode("utf-8", errors="replace"), newline=""), delimiter=sep)
+    try:
+        for row in reader:
+            if row and len(row) != expected:
+                return reader.line_num, len(row), expected
+    except csv.Error:
+        return None  # (pandas then says what it cannot parse)
+    return None
 
 
 def load_shard(cfg, dist: Dist):

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from gradfit.data.batches import empty_design
+from gradfit.data.moments import check_scaling
 from gradfit.data.sources import MemoryRows
 from gradfit.errors import DataError
 from gradfit.models.base import Model
@@ -259,6 +260,8 @@ def fit_scaling(model: RegressionModel, X: torch.Tensor, y: torch.Tensor, summar
     if summarize is None:
         summarize = MemoryRows.training(X, y).summarizer()
     xs, ys = summarize(lambda A: A)
+    check_scaling(xs, names)  # (values near 1e308, or subnormal ones: refused with the true cause)
+    check_scaling(ys, [spec["target"]])
     if model.linear_in_parameters and not spec["intercept"]:
         # No intercept: scale only, never shift (a shift would add a constant term).
         rms = xs["rms"]

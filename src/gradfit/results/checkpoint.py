@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,6 +200,38 @@ def _check_spec(p: Path, spec: Any, written_by: str) -> None:
         raise _refuse(p, f"its model description has an unknown dtype {spec.get('dtype')!r}")
 
 
+def _numbers(entry) -> int:
+    """How many numbers a header entry's shape holds (0 for a shape that is not a list of whole numbers)."""
+    shape = entry.get("shape") if isinstance(entry, dict) else None
+    if not (isinstance(shape, list) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
+        return 0
+    return math.prod(shape)
+
+
+def _check_size(p: Path, spec: dict, header: dict) -> None:
+    """What the spec asks to build matches the weights the file holds, and fits in memory: checked
+    before anything is allocated (the records are outside the weights' digest, so a crafted spec
+    could ask for hidden layers of 65,536 units and a 34 GB allocation)."""
+    from gradfit.config.resources import FLOAT, gib, mlp_parameters, refuse_if_over  # (a plain module: no torch)
+
+    held = sum(_numbers(e) for k, e in header.items() if k != "__metadata__")
+    parts = [("the checkpoint's weights", held * FLOAT, f"{held:,} numbers read from {p.name}")]
+    if spec.get("kind") == "mlp":
+        hidden, terms = spec.get("hidden"), spec.get("terms")
+        if not (isinstance(hidden, list) and hidden and isinstance(terms, list)
+                and all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden)):
+            raise _refuse(p, f"its model description has hidden sizes {str(hidden)[:80]}, not a list of positive whole numbers")
+        params = mlp_parameters(len(terms), hidden)
+        if params > held:
+            raise _refuse(
+                p, f"its model description asks for an MLP with hidden sizes {str(hidden)[:80]}: {params:,} parameters "
+                   f"(about {gib(params * FLOAT)} to build), but the file holds only {held:,} numbers; "
+                   "the description does not match its weights")
+        parts.append(("model.hidden", params * FLOAT, f"an MLP of {params:,} parameters"))
+    refuse_if_over(parts, None, f"loading the model of {p} needs", CheckpointError,
+                   "load it on a machine with more free memory")
+
+
 def read_checkpoint(path: str | Path) -> Checkpoint:
     """Read a checkpoint safely; raise CheckpointError for anything that is not a valid one."""
     p = resolve_checkpoint(path)
@@ -229,6 +262,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     except RecursionError:
         raise _refuse(p, "its records are nested too deeply to be a checkpoint's") from None
     _check_spec(p, fields["spec"], written_by)
+    _check_size(p, fields["spec"], header)
 
     from safetensors import SafetensorError  # (imported here for start-up time)
     from safetensors.torch import load_file  # (imported here for start-up time)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gradfit.errors import GradfitError
-from gradfit.files import atomic_path, write_error, write_text  # noqa: F401 (the run files are written with them)
+from gradfit.files import RUN_MARKER, atomic_path, run_dir_holding, write_error, write_text  # noqa: F401 (the run files are written with them)
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "lr", "seconds")
 
@@ -45,7 +45,7 @@ def write_history(path: Path, history) -> None:
 
 # The marker a run keeps in its directory while it runs: created exclusively (O_CREAT|O_EXCL), so
 # that of two runs started at once into one directory exactly one gets it; removed when the run ends.
-RUN_MARKER = ".gradfit-run"
+# (defined in gradfit.files, whose check_output refuses to write inside a run directory)
 # The files a run writes (train/resume.py's RESUME_NAME among them): clean-up after a failure
 # removes only these, and only those this run created; a user's own file stays, and so does its directory.
 RUN_FILES = ("config.yaml", "metrics.json", "history.csv", "coefficients.json", "model.safetensors",
@@ -114,6 +114,12 @@ def _claim_out(p: Path, force: bool) -> RunClaim:
         raise GradfitError(
             f"--out {p} already holds files; gradfit never overwrites a run",
             hint="choose another --out, or add --force to write into it anyway",
+        )
+    outer = run_dir_holding(p.parent)
+    if outer is not None and not force:  # (a run among another run's files: eval/cv/sweep would mistake them)
+        raise GradfitError(
+            f"--out {p} is inside the run directory {outer}; gradfit does not write a run among another run's files",
+            hint="choose an --out outside it, or add --force to write there anyway",
         )
     made = not p.exists()
     if made:

@@ -124,15 +124,20 @@ def make_folds(cfg: Config, k: int, repeats: int = 1, group: Optional[str] = Non
 
 def _group_labels(cfg: Config, column: str, n: int) -> np.ndarray:
     """The values of a column of the data file, one per loaded row."""
-    import pandas as pd  # (imported here for start-up time)
-
     path = cfg.resolved_data_path()
     if path is None:
         raise ConfigError("--group needs a data file (data.path), not synthetic data", hint="drop --group")
-    sep = getattr(cfg.data, "sep", None)
-    frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, sep=sep, engine="python")
-    if column not in frame.columns:
-        raise DataError(f"--group {column}: no such column in {path}", hint=f"columns: {', '.join(map(str, frame.columns))}")
+    from gradfit.data.columns import check_csv_shape, is_parquet, read_columns, sniff_sep  # (for start-up time)
+    from gradfit.data.tables import read_frame
+
+    parquet = is_parquet(path)
+    sep = cfg.data.sep or ("," if parquet else sniff_sep(path))  # (as training reads the file: data/tables.py)
+    columns = read_columns(path, sep)
+    if column not in columns:
+        raise DataError(f"--group {column}: no such column in {path}", hint=f"columns: {', '.join(map(str, columns))}")
+    if not parquet:
+        check_csv_shape(path, sep)  # (a ragged row: the line and the counts, as training says them)
+    frame = read_frame(path, [column], sep, cfg.data.decimal)
     if len(frame) != n:
         raise DataError(f"--group {column}: {path} has {len(frame)} rows but {n} were loaded (rows dropped)",
                         hint="drop the incomplete rows from the file first")
@@ -165,7 +170,7 @@ def summarize(folds: list[dict]) -> tuple[dict, dict]:
         if not runs:
             mean[which] = sd[which] = None
             continue
-        keys = [k for k, v in runs[0].items() if isinstance(v, (int, float))]
+        keys = [k for k, v in runs[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]  # ("weighted": true is no number)
         vals = {k: np.array([float(r[k]) for r in runs]) for k in keys}
         mean[which] = {k: float(v.mean()) for k, v in vals.items()}
         sd[which] = {k: float(v.std(ddof=1)) if v.size > 1 else math.nan for k, v in vals.items()}

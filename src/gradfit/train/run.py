@@ -21,8 +21,9 @@ from gradfit.data.resolve import resolve_config
 from gradfit.data.sources import MemoryRows, RowSource
 from gradfit.data.split import STREAM_BATCH, STREAM_INIT, STREAM_PLOT, Dataset, Split, generator, row_sets, split_rows
 from gradfit.data.tables import load_dataset
+from gradfit.data.weights import check_total
 from gradfit.data.wilkinson import resolve_wilkinson
-from gradfit.errors import Aborted, DataError, signal_name
+from gradfit.errors import Aborted, ConfigError, DataError, signal_name
 from gradfit.files import WriteError
 from gradfit.models import losses
 from gradfit.models.build import build_model
@@ -39,7 +40,7 @@ from gradfit.results.splitfile import write_split
 from gradfit.results.uncertainty import standard_errors
 from gradfit.train import resume as rs
 from gradfit.train import shards, streamed
-from gradfit.train.exact_route import solve_exact
+from gradfit.train.exact_route import solve_exact, uncertified_warnings
 from gradfit.train.loop import Callbacks, EpochRecord, LoopSettings, StartFrom, TrainData, TrainResult, TrainRows, fit
 from gradfit.train.prepared import Prepared
 from gradfit.train.resources import check_memory
@@ -100,12 +101,15 @@ def prepare(cfg: Config, split: Optional[Split] = None) -> Prepared:
     # Parquet, each torchrun rank its shard, or all of them in this process's memory.
     if cfg.data.streaming:
         return streamed.prepare(cfg, dist, dist.device or device, t0)
+    if dist.enabled and cfg.data.weights is not None:
+        raise ConfigError(f"data.weights ({cfg.data.weights!r}) is not supported under torchrun yet (each rank's shard)",
+                          hint="train in one process (without torchrun), or remove data.weights")
     if dist.enabled:
         return shards.prepare(cfg, dist, device, t0)
     ds = load_dataset(cfg)
     if split is None:
         split = split_rows(ds.n_rows, cfg.data.split.val, cfg.data.split.test, cfg.seed)
-    rows = MemoryRows(ds.X, ds.y, split)
+    rows = MemoryRows(ds.X, ds.y, split, ds.w)
     by_columns = _column_major(cfg, device, split)  # (never for formula models)
     init = generator(cfg.seed, STREAM_INIT)
     y_tr = ds.y[split.train]
@@ -122,10 +126,15 @@ def prepare(cfg: Config, split: Optional[Split] = None) -> Prepared:
         # (the validation loss of such a run is one pass of the same kind, loss only)
         data.Z_val = model.design(ds.X, rows=split.val, column_major=by_columns)
         data.y_val = model.scaled_target(ds.y[split.val])
+    if ds.w is not None:  # (data.weights: each set's row weights, in the design's dtype and place)
+        check_total(ds.w[split.train], ds.source.get("path"), cfg.data.weights)
+        check_total(ds.w[split.val], ds.source.get("path"), cfg.data.weights, "validation")  # (its loss would be 0/0)
+        data.w = ds.w[split.train].to(data.Z.device, data.Z.dtype)
+        data.w_val = ds.w[split.val].to(data.Z.device, data.Z.dtype) if rows.has_val else None
     plan = optim.plan(cfg, data.Z)
-    loss = losses.from_config(cfg)
+    loss = losses.from_config(cfg, y_tr)  # (the training target resolves Huber's default delta)
     if diagnostics.gradient_test_applies(cfg, model):
-        plan.start_grad = diagnostics.gradient_max(model.head, data.Z, data.y, loss.scaled(float(model.y_scale)))
+        plan.start_grad = diagnostics.gradient_max(model.head, data.Z, data.y, data.training_loss(loss, float(model.y_scale)))
     return Prepared(cfg, device, ds, split, model, data, loss, plan, time.perf_counter() - t0, rows)
 
 
@@ -257,8 +266,11 @@ def _train_prepared(prep: Prepared, run_dir, claim, state, history, on_epoch, sh
         # (Levenberg-Marquardt reduces its sums over the ranks itself: no DDP, no gradient hooks)
         head = prep.dist.wrap(model.head) if facts(kind).under_ddp else model.head
         rows = TrainRows(data, prep.rows)
-        result = fit(head, rows, prep.dist.wrap_loss(loss.scaled(y_scale)), opt, settings, callbacks, start)
+        settings.val_loss_fn = data.validation_loss(loss, y_scale)  # (None: the training loss's function)
+        result = fit(head, rows, prep.dist.wrap_loss(data.training_loss(loss, y_scale)), opt, settings, callbacks, start)
         if run_dir is not None and "state" in final:
+            # The config and the history first: a training state without them could not be resumed.
+            _write_resume_files(prep, run_dir, records)
             rs.save_state(run_dir / rs.RESUME_NAME, final["state"])
         run = finish(prep, result, run_dir)
     except WriteError as err:
@@ -294,29 +306,39 @@ def what_is_kept(run_dir: Path, claim) -> str:
     return f"{run_dir} keeps {', '.join(kept)} (not enough to resume); run the training again"
 
 
+def _write_resume_files(prep: Prepared, run_dir: Path, records: list[EpochRecord], missing_only: bool = False) -> None:
+    """config.yaml and history.csv, what ``--resume`` reads besides the training state (``missing_only``:
+    those not there yet)."""
+    for name, write in (("config.yaml", lambda p: write_text(p, dump_yaml(resolved_config_dict(prep.cfg)))),
+                        ("history.csv", lambda p: write_history(p, records))):
+        if not (missing_only and (run_dir / name).is_file()):
+            write(run_dir / name)
+
+
 def _keep_resumable(prep: Prepared, run_dir: Path, records: list[EpochRecord]) -> None:
     """With the training state written, write the config and the history too if they are missing
     and the disk allows (then the run resumes); a file that cannot be written is left out."""
-    if not (run_dir / rs.RESUME_NAME).is_file():
-        return
-    for name, write in (("config.yaml", lambda p: write_text(p, dump_yaml(resolved_config_dict(prep.cfg)))),
-                        ("history.csv", lambda p: write_history(p, records))):
-        if not (run_dir / name).is_file():
-            with contextlib.suppress(WriteError):
-                write(run_dir / name)
+    if (run_dir / rs.RESUME_NAME).is_file():
+        with contextlib.suppress(WriteError):
+            _write_resume_files(prep, run_dir, records, missing_only=True)
 
 
 def _say_what_is_kept(err: WriteError, run_dir: Path, claim, prep: Prepared, records: list[EpochRecord]) -> None:
     """Add to a write error what the run directory keeps (nothing is deleted), and how to finish the run."""
     if claim is not None and not claim.written():
         claim.clean_up()  # nothing written: the directory goes too, if this run made it
-        err.hint = f"{err.hint}; no files were written"
+        err.hint = "; ".join(filter(None, [err.hint, "no files were written"]))
+        return
+    _keep_resumable(prep, run_dir, records)
+    resumable = all((run_dir / n).is_file() for n in ("config.yaml", "history.csv", rs.RESUME_NAME))
+    if claim is not None and not resumable:  # (neither complete nor resumable: this run's files go, the user's stay)
+        claim.clean_up()
+        err.hint = "; ".join(filter(None, [err.hint, "the files this run had written were removed (not enough to "
+                                                      "resume); once there is space, run the training again"]))
         return
     if claim is not None:
         claim.release()
-    _keep_resumable(prep, run_dir, records)
     kept = sorted(n for n in RUN_FILES if (run_dir / n).is_file())
-    resumable = all((run_dir / n).is_file() for n in ("config.yaml", "history.csv", rs.RESUME_NAME))
     then = "run the training again" + (
         f", or train further from the kept state: gradfit train --resume {run_dir} --set train.epochs=N" if resumable else "")
     err.hint = (f"{err.hint}; the run is not complete (no metrics.json): {run_dir} keeps "
@@ -368,6 +390,8 @@ def finish(prep: Prepared, result: TrainResult, run_dir: Optional[Path], exact_c
     }
     if result.best_epoch is not None:
         metrics["best_epoch"] = result.best_epoch
+    if cfg.data.weights is not None:  # (each set's metrics are then weighted means: "weighted": true in them)
+        metrics["weights"] = {"column": cfg.data.weights, "are": cfg.data.weights_are}
     if getattr(prep, "starts", None) is not None:
         metrics["starts"] = prep.starts
     mse = cfg.loss.kind == "mse"
@@ -381,8 +405,11 @@ def finish(prep: Prepared, result: TrainResult, run_dir: Optional[Path], exact_c
     gap = metrics["exact"]["gap"] if fit is not None else None
     grads = None
     if prep.plan.start_grad is not None and fit is None:  # (the relative gradient test: one pass more)
-        grads = (prep.plan.start_grad, diagnostics.gradient_max(model.head, prep.data.Z, prep.data.y, loss.scaled(float(model.y_scale))))
+        grads = (prep.plan.start_grad, diagnostics.gradient_max(model.head, prep.data.Z, prep.data.y,
+                                                                prep.data.training_loss(loss, float(model.y_scale))))
     converged, warnings = diagnostics.assess(cfg, model, result, rows, fit, gap, getattr(prep.data, "Z", None), grads)
+    # (an exact solver's own findings, e.g. the Huber IRLS's; an mae/quantile fit by the loop is not certified)
+    warnings += (exact_check.pop("warnings", []) if exact_check is not None else []) + uncertified_warnings(cfg)
     metrics["converged"] = converged
     coefficients = model.coefficients()
     if exact_check is not None and "kkt" in exact_check:
@@ -391,7 +418,7 @@ def finish(prep: Prepared, result: TrainResult, run_dir: Optional[Path], exact_c
         coefficients.update(exact_uncertainty)
     elif mse and model.has_standard_errors:
         # (a linear model's from the exact check's Gram matrix and the training metrics' residuals)
-        coefficients.update(standard_errors(model, rows, fit, train_mse * rows.count("train")))
+        coefficients.update(standard_errors(model, rows, fit, train_mse * rows.count("train"), absolute=cfg.data.absolute_sigma))
         if "std_errors" in coefficients:
             coefficients["std_errors_reliable"] = converged
         warnings += diagnostics.standard_error_warning(model, rows.count("train"), converged, "std_errors" in coefficients)
@@ -424,7 +451,7 @@ def write_run(run: RunResult, prep: Prepared) -> None:
         ends = torch.stack([ds.X[:, 0].argmin(), ds.X[:, 0].argmax()])
         rows = torch.cat([_plot_rows(torch.arange(ds.n_rows), cfg.seed), ends]).unique()
         plots.fit_plot(d / "fit.png", ds.X[rows, 0].numpy(), ds.y[rows].numpy(), is_train[rows].numpy(), predict,
-                       ds.feature_names[0], ds.target_name, _short(title))
+                       ds.feature_names[0], ds.target_name, _short(title), band=inference.confidence_band(run.summary, model))
     else:
         idx = _plot_rows(split.val if split.val.numel() else split.train, cfg.seed)
         plots.parity_plot(d / "fit.png", ds.y[idx].numpy(), predict_rows(model, ds.X, idx).numpy(), ds.target_name,
@@ -443,6 +470,7 @@ def write_run(run: RunResult, prep: Prepared) -> None:
         config=cfg_dict,
         data=data_record(cfg, ds, prep.rows),
         extra={"metrics": {k: run.metrics[k] for k in ("train", "val", "test")}, "epochs": run.result.epochs,
+               "loss_delta": prep.loss.delta,  # (huber: the delta of the fit, also where loss.delta was left out)
                # the fit's standard errors need the training rows: kept, so the checkpoint alone gives them
                "uncertainty": {k: run.coefficients[k] for k in ("std_errors", "ci95", "residual_sd", "dof", "std_errors_reliable")
                                if k in run.coefficients}},

@@ -143,8 +143,30 @@ def test_explicit_values_keep_their_meaning():
     mlp = config_from_dict({"data": {"path": "a.csv"}, "model": {"kind": "mlp"}})
     assert mlp.dtype == "float32" and mlp.optimizer.kind == "adam"
     mae = config_from_dict({"data": {"path": "a.csv"}, "model": {"kind": "linear"}, "loss": {"kind": "mae"}})
-    assert mae.optimizer.kind == "adam" and mae.dtype == "float32"
+    assert mae.optimizer.kind == "exact" and mae.dtype == "float64"  # (the linear program)
     huber = config_from_dict({"data": {"path": "a.csv"}, "model": {"kind": "linear"}, "loss": {"kind": "huber"}})
+    assert huber.optimizer.kind == "exact" and huber.dtype == "float64"  # (RLM's IRLS, its scale estimated)
+    huber = config_from_dict({"data": {"path": "a.csv"}, "model": {"kind": "linear"}, "loss": {"kind": "huber", "delta": 1}})
     assert huber.optimizer.kind == "lbfgs" and huber.dtype == "float64"
     batched = config_from_dict({"data": {"path": "a.csv"}, "model": {"kind": "linear"}, "train": {"batch_size": 32}})
     assert batched.optimizer.kind == "adam"
+
+
+def test_float32_coefficients_that_lost_their_digits_say_so():
+    """Wampler4 (NIST, certified coefficients all 1): float32 Adam resolves the fitted values
+    (the gap test holds), not the ill-conditioned degree-5 coefficients; the run says how many
+    digits they keep. The defaults reach the certified values and say nothing."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "data" / "nist" / "Wampler4.csv"
+    model = {"kind": "polynomial", "degree": 5}
+    run = _fit(path, "y", model, dtype="float32", optimizer={"kind": "adam"})
+    digits = [w for w in run.metrics["warnings"] if "significant digits" in w]
+    assert len(digits) == 1, run.metrics["warnings"]
+    shown = float(digits[0].split("to only ")[1].split(" ")[0])
+    coefs = run.coefficients["coefficients"] | {"intercept": run.coefficients["intercept"]}
+    worst = max(abs(v - 1.0) for v in coefs.values())  # the certified values are 1
+    assert shown == pytest.approx(max(-np.log10(worst), 0.0), abs=0.15)
+    default = _fit(path, "y", model)
+    assert not [w for w in default.metrics["warnings"] if "significant digits" in w]
+    assert all(abs(v - 1.0) < 1e-8 for v in (default.coefficients["coefficients"] | {"i": default.coefficients["intercept"]}).values())

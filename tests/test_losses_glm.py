@@ -194,7 +194,7 @@ def test_mae_exact_on_request(tmp_path):
     assert r.metrics["converged"] is True
     assert r.metrics["train"]["mae"] == pytest.approx(2 * lp_optimum(sm.add_constant(X), y, 0.5), rel=1e-7)
     auto = config_from_dict({"data": {"path": str(path)}, "model": {"kind": "linear"}, "loss": {"kind": "mae"}})
-    assert auto.optimizer.kind == "adam"  # (auto keeps its choice for mae)
+    assert auto.optimizer.kind == "exact"  # (auto solves mae's linear program too)
 
 
 def test_gamma_equals_statsmodels_glm(tmp_path):

@@ -8,6 +8,9 @@ from typing import Annotated, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from gradfit.config.auto import EXACT_ON_REQUEST, auto_optimizer
+from gradfit.config.weighting import check_weights
+
 
 class _Strict(BaseModel):
     # defer_build: a model's validator is built when first used, not at import (the sections a
@@ -101,8 +104,11 @@ class DataConfig(_Strict):
     streaming: bool = Field(
         False, description="read a Parquet file or directory in row-group batches each epoch instead of into memory"
     )
+    weights: Optional[str] = Field(None, description="a column of row weights w >= 0 (not a feature): the loss is sum(w l) / sum(w); for mse statsmodels' WLS")
+    weights_are: Literal["weights", "sigma"] = Field("weights", description="sigma: the column holds measurement standard deviations, w = 1/sigma^2 (curve_fit's sigma)")
+    absolute_sigma: bool = Field(False, description="known sigmas: standard errors from (J'WJ)^-1 unscaled, as curve_fit(absolute_sigma=True)")
 
-    @field_validator("target", "exclude", "features", "reference", mode="before")
+    @field_validator("target", "exclude", "features", "reference", "weights", mode="before")
     @classmethod
     def _names_as_text(cls, v):
         # YAML reads a column named 2010 as a number: a column name is text.
@@ -193,7 +199,8 @@ class MLPModel(_Strict):
 class FormulaModel(_Strict):
     kind: Literal["formula"]
     formula: str = Field(description="target = expression; data columns are inputs, other names parameters")
-    start: dict[str, float] = Field(default_factory=dict, description="starting values (default 1.0)")
+    start: dict[str, Union[float, dict]] = Field(default_factory=dict, description="starting values (default 1.0): a number, "
+                                                 "or {value, min, max, vary} for bounds (a smooth transform, as lmfit's) and fixed parameters (vary: false)")
 
     @field_validator("formula")
     @classmethod
@@ -209,7 +216,7 @@ class FormulaModel(_Strict):
     def _start(self):
         from gradfit.expr.formula import check_start  # (imported here for start-up time)
 
-        check_start(self.formula, self.start)
+        self.start = check_start(self.formula, self.start)
         return self
 
 
@@ -220,11 +227,26 @@ Model = Annotated[Union[LinearModel, PolynomialModel, MLPModel, FormulaModel], F
 
 
 class LossConfig(_Strict):
+    """Huber without a loss.delta is robust by default: delta = 1.345 * a robust scale, as statsmodels'
+    `RLM(y, X, M=HuberT()).fit()`. On linear and polynomial models (optimizer.kind auto or exact, full batch) the
+    fit is RLM's IRLS run to its fixed point: the scale is the MAD of the fit's own residuals, median(|r|) / 0.6745,
+    updated every iteration; metrics.json `exact` records the `scale` and the `delta` used (target units), and
+    the standard errors are RLM's default (H1). Where that iteration does not apply (mlp and formula models, or
+    lbfgs/adam asked for), the scale is the training target's MAD about its median, median(|y - median(y)|) /
+    0.6745 (the residual scale of a model predicting the median; its mean absolute deviation * sqrt(pi/2) when
+    that MAD is 0); never a fixed number. A numeric loss.delta is in the target's units and is refused below
+    1e-12 of the target's robust scale (the loss would be delta * |r|). mae on linear and polynomial models is
+    solved as its linear program (optimizer.kind auto: exact); elsewhere its optimum is not certified (a warning).
+
+    The paragraph above is the config reference's text (docs/config.md).
+    """
+
     kind: Literal["mse", "mae", "huber", "quantile", "log_cosh", "poisson", "gamma"] = Field(
         "mse", description="mean squared error, mean absolute error, Huber, quantile (pinball loss at loss.q; "
         "q = 0.5 is half the absolute error), log(cosh(residual)), poisson (counts y >= 0) or gamma (y > 0), "
         "both with the log link: the model gives log E[y]")
-    delta: Optional[float] = Field(None, gt=0, description="huber: where it turns linear, in target units")
+    delta: Optional[float] = Field(None, gt=0, description="huber: where it turns linear, in target units; default: "
+                                   "1.345 * a robust scale of the residuals (statsmodels' RLM with HuberT; see the loss section above)")
     q: Optional[float] = Field(None, gt=0, lt=1, description="quantile: which quantile of the target to fit")
 
     @model_validator(mode="after")
@@ -241,10 +263,11 @@ class LossConfig(_Strict):
 class OptimizerConfig(_Strict):
     kind: Literal["auto", "sgd", "adam", "adamw", "lbfgs", "lm", "exact"] = Field(
         "auto",
-        description="auto: lbfgs for linear/polynomial models with mse, huber or log_cosh (full batch, in memory), "
-        "exact for those with model.penalty or quantile, poisson or gamma loss, lm for formula models with mse, adam "
-        "otherwise; lm (Levenberg-Marquardt) is for formula models; exact: a float64 solver to the optimum "
-        "(coordinate descent for a penalty, a linear program for quantile, Newton's method for poisson and gamma)",
+        description="auto: lbfgs for linear/polynomial models with mse, log_cosh or huber with a loss.delta (full batch, "
+        "in memory), exact for those with model.penalty, mae, quantile, poisson or gamma loss or huber without a "
+        "loss.delta, lm for formula models with mse, adam otherwise; lm (Levenberg-Marquardt) is for formula models; "
+        "exact: a float64 solver to the optimum (coordinate descent for a penalty, a linear program for mae and "
+        "quantile, Newton's method for poisson and gamma, statsmodels RLM's IRLS for huber)",
     )
     lr: Union[Literal["auto"], float] = Field("auto", description="a number, or auto (see the README)")
     momentum: Optional[float] = Field(None, ge=0, lt=1, description="sgd: heavy-ball momentum")
@@ -387,6 +410,7 @@ class Config(_Strict):
             raise ValueError(f"train.starts applies to formula models only (model.kind 'formula'), not {kind!r}; "
                              "remove it or set train.starts: 1")
         _check_exact(self)
+        check_weights(self)
         if opt.kind in ("lbfgs", "lm") and self.train.batch_size is not None:
             raise ValueError(f"optimizer {opt.kind!r} needs full batches; set train.batch_size: null")
         if self.train.early_stopping is not None and self.data.split.val == 0:
@@ -418,36 +442,6 @@ class Config(_Strict):
         return self.model_dump(mode="json")
 
 
-def auto_optimizer(cfg: Config) -> str:
-    """optimizer.kind: auto. The optimizer that reaches the optimum of this model and loss.
-
-    - linear/polynomial with mse or huber (smooth, convex), full batch, rows in memory: lbfgs
-      (float64: the least-squares optimum to about 1e-12 relative, where float32 adam stops at 1e-2..1e-6);
-    - formula models with mse: lm (Levenberg-Marquardt, docs/formula.md);
-    - everything else (MLPs, mae, mini-batches, streamed rows): adam.
-    """
-    full_batch = cfg.train.batch_size is None and not cfg.data.streaming
-    if getattr(cfg.model, "penalty", None) is not None:
-        return "exact"  # (_check_exact says what a penalty combines with)
-    if cfg.model.kind in ("linear", "polynomial") and cfg.loss.kind in EXACT_LOSSES and full_batch:
-        return "exact"
-    if cfg.model.kind in ("linear", "polynomial") and cfg.loss.kind in AUTO_LBFGS_LOSSES and full_batch:
-        return "lbfgs"
-    if cfg.model.kind == "formula" and cfg.loss.kind == "mse":
-        return "lm"
-    return "adam"
-
-
-# The losses for which optimizer.kind: auto takes exact on linear and polynomial models (a linear
-# program for quantile, Newton's method for poisson and gamma: train/exact_route.py).
-EXACT_LOSSES = ("quantile", "poisson", "gamma")
-# ... and those optimizer.kind: exact also takes when asked (mae: the linear program at q = 0.5;
-# auto keeps adam for mae).
-EXACT_ON_REQUEST = (*EXACT_LOSSES, "mae")
-# The losses for which optimizer.kind: auto takes lbfgs on linear and polynomial models (see the README).
-AUTO_LBFGS_LOSSES = ("mse", "huber", "log_cosh")
-
-
 def _check_exact(cfg: Config) -> None:
     """model.penalty and optimizer.kind: exact go together: penalized least squares on a linear or
     polynomial model, solved by coordinate descent in float64 (optim/coordinate.py)."""
@@ -456,7 +450,7 @@ def _check_exact(cfg: Config) -> None:
         raise ValueError(f"loss kind {cfg.loss.kind!r} needs a model with a log link (linear, polynomial or mlp), not a "
                          "formula model; write the formula for the mean and use loss.kind: mse")
     if cfg.optimizer.kind == "exact" and not penalized and cfg.loss.kind not in EXACT_ON_REQUEST:
-        raise ValueError("optimizer.kind: exact solves penalized fits (model.penalty), quantile, mae, poisson and gamma loss only; "
+        raise ValueError("optimizer.kind: exact solves penalized fits (model.penalty), mae, quantile, huber, poisson and gamma loss only; "
                          "use optimizer.kind: auto (lbfgs in float64 for least squares)")
     if cfg.optimizer.kind == "exact" and cfg.model.kind not in ("linear", "polynomial"):
         raise ValueError(f"optimizer.kind: exact fits linear and polynomial models only, not {cfg.model.kind!r}; "

@@ -28,6 +28,7 @@ import torch
 
 from gradfit.models.features import term_name
 from gradfit.results.exact import gram
+from gradfit.results.uncertainty import raw_map
 
 # converged: gap <= GAP_ULPS * eps of the training dtype (see the module docstring)
 GAP_ULPS = 100
@@ -37,6 +38,9 @@ NEAR_COLLINEAR_COND = 1e7
 # Eigenvalues of the unit-column Gram matrix below this share of the largest are zero up to rounding:
 # the terms of their eigenvector are exactly aliased.
 ALIASED_EIGEN = 1e-13
+# A converged fit whose coefficients agree with exact least squares to fewer significant digits
+# than this gets a warning (coefficient_digits_warning).
+COEF_DIGITS = 6
 # Terms whose share in a null direction is at least this (of its largest) are named in the warning.
 NAME_SHARE = 0.05
 
@@ -178,12 +182,47 @@ def assess(cfg, model, result, source, fit: Optional[dict], gap: Optional[float]
     if model.linear_in_parameters:
         G, _, n = (fit["gram"], None, fit["n"]) if fit is not None else gram(model, source)
         names = design_names(model)
-        warns = design_warnings(names, G, n) + constant_at_dtype(names, Z, G, cfg.dtype) + warns
+        design = design_warnings(names, G, n) + constant_at_dtype(names, Z, G, cfg.dtype)
+        digits = coefficient_digits_warning(model, fit) if converged and fit is not None and not design else []
+        warns = design + warns + digits
     elif cfg.model.kind == "formula" and cfg.loss.kind == "mse":  # (the Jacobian's rank: results.identify)
         from gradfit.results.identify import formula_warnings  # (imported here for start-up time)
 
         warns = formula_warnings(model, source) + warns
     return converged, warns
+
+
+def coefficient_digits(model, fit: dict) -> tuple[float, str, float, float]:
+    """How many significant digits the model's raw coefficients share with the exact least-squares
+    ones (``fit["coef"]``, float64, mapped to raw units by ``raw_map``): (digits, the worst term,
+    its value, the exact value). Coefficients that are exactly 0 in the exact fit are left out."""
+    keys, M = raw_map(model)
+    exact = (M @ fit["coef"].to(torch.float64)).tolist()
+    poly = model.raw_polynomial()
+    worst = (math.inf, "", 0.0, 0.0)
+    for e, b_star in zip(keys, exact):
+        b = poly.get(tuple(e), 0.0)
+        if b_star == 0 or not math.isfinite(b_star):
+            continue
+        rel = abs(b - b_star) / abs(b_star)
+        d = -math.log10(rel) if rel > 0 else math.inf
+        if d < worst[0]:
+            name = "intercept" if sum(e) == 0 else term_name(tuple(e), model.spec["features"])
+            worst = (d, name, b, b_star)
+    return worst
+
+
+def coefficient_digits_warning(model, fit: dict) -> list[str]:
+    """A warning when a converged fit's coefficients agree with exact least squares to fewer than
+    COEF_DIGITS significant digits: the fitted values are resolved (the gap test held), the digits
+    printed for an ill-conditioned coefficient are not (float32 on a polynomial, typically)."""
+    digits, name, b, b_star = coefficient_digits(model, fit)
+    if not digits < COEF_DIGITS:
+        return []
+    return [f"the coefficients agree with exact least squares to only {max(digits, 0):.1f} significant digits "
+            f"({name}: {b:.6g}, exact {b_star:.6g}): the fitted values are resolved, but not every digit printed "
+            f"for the coefficients is significant; the exact coefficients: dtype: float64 with optimizer.kind: auto "
+            "(the defaults)"]
 
 
 # Why a penalized fit (model.penalty) has no standard errors.

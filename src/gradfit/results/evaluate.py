@@ -59,7 +59,9 @@ def model_loss(lm: LoadedModel):
     from gradfit.models.losses import Loss  # (imported here for start-up time)
 
     lc = lm.config.get("loss") or {}
-    return Loss(lc.get("kind", "mse"), lc.get("delta"))
+    # (huber without a loss.delta: the delta the fit found, recorded in the checkpoint)
+    delta = lc.get("delta") if lc.get("delta") is not None else lm.checkpoint.extra.get("loss_delta")
+    return Loss(lc.get("kind", "mse"), delta)
 
 
 def evaluate(checkpoint: ModelLike, data: str | Path | None = None) -> Evaluation:
@@ -79,11 +81,35 @@ def _evaluate_file(lm: LoadedModel, path: Path) -> Evaluation:
     from gradfit.results.metrics import regression_metrics  # (imported here for start-up time)
 
     dropna = bool((lm.config.get("data") or {}).get("dropna", False))
-    _, X, y, notes = load_table(path, lm.feature_names, lm.target, require_target=True, dropna=dropna,
-                                encoding=lm.encoding, decimal=lm.decimal)
+    frame, X, y, notes = load_table(path, lm.feature_names, lm.target, require_target=True, dropna=dropna,
+                                    encoding=lm.encoding, decimal=lm.decimal)
     pred = lm.predict(X)
-    m = regression_metrics(torch.from_numpy(np.array(y, dtype=np.float64)), torch.from_numpy(pred), model_loss(lm))
-    return Evaluation({"data": m}, {"data": int(len(y))}, str(path), lm, {}, list(notes))
+    w, notes = file_weights(lm, frame, len(y), path, dropna), list(notes)
+    if w is None and (lm.config.get("data") or {}).get("weights") is not None:
+        notes.append(f"{path} has no weights column {lm.config['data']['weights']!r} (data.weights): the metrics are unweighted")
+    elif w is not None:
+        notes.append(f"the metrics are weighted means, each row weighted by column {lm.config['data']['weights']!r} (data.weights)")
+    m = regression_metrics(torch.from_numpy(np.array(y, dtype=np.float64)), torch.from_numpy(pred), model_loss(lm),
+                           None if w is None else torch.from_numpy(w))
+    return Evaluation({"data": m}, {"data": int(len(y))}, str(path), lm, {}, notes)
+
+
+def file_weights(lm: LoadedModel, frame, n_rows: int, path: Path, dropna: bool):
+    """The rows' weights of a data file when the model was trained with data.weights and the file has that column."""
+    from gradfit.data.columns import is_parquet  # (imported here for start-up time)
+    from gradfit.data.encoding import Encoding  # (imported here for start-up time)
+    from gradfit.data.weights import table_weights  # (imported here for start-up time)
+
+    dc = lm.config.get("data") or {}
+    column = dc.get("weights")
+    if column is None or column not in frame.columns:
+        return None
+    kept = None
+    if dropna:  # (the rows load_table kept: those with the model's raw columns and the target all present)
+        enc = Encoding.from_json(lm.encoding)
+        raw = enc.raw_columns if enc is not None else lm.feature_names
+        kept = frame[[*raw, lm.target]].notna().all(axis=1).to_numpy()
+    return table_weights(frame, n_rows, column, dc.get("weights_are", "weights"), path, 1 if is_parquet(path) else 2, kept)
 
 
 def _training_config(lm: LoadedModel, path: Optional[Path]):
@@ -108,6 +134,7 @@ def held_out_rows(lm: LoadedModel):
     """Rebuild the training data and its split from the checkpoint's records: (Dataset, Split, source)."""
     import torch  # (imported here for start-up time)
 
+    from gradfit.config.resources import check_memory  # (imported here for start-up time)
     from gradfit.data.split import Split, split_rows  # (imported here for start-up time)
     from gradfit.data.tables import fingerprint, load_dataset  # (imported here for start-up time)
     from gradfit.results.splitfile import recorded_split  # (imported here for start-up time)
@@ -140,6 +167,10 @@ def held_out_rows(lm: LoadedModel):
     elif "synthetic" not in source:
         raise CheckpointError(f"{ck.path}: the checkpoint does not record where its training data came from")
     cfg = _training_config(lm, path)
+    # (the records are outside the weights' digest: a crafted synthetic size is refused before it is drawn)
+    check_memory(cfg, keys=("data.synthetic.n_samples",), error=CheckpointError,
+                 needs=f"rebuilding the training data that {ck.path} records needs",
+                 hint="evaluate on a file with --data FILE, or on a machine with more free memory")
     ds = load_dataset(cfg)
     recorded_fp = source.get("fingerprint")
     if path is None and recorded_fp is not None and ds.source.get("fingerprint") != recorded_fp:
@@ -178,13 +209,13 @@ def _evaluate_held_out(lm: LoadedModel) -> Evaluation:
     device = _run_device(lm)
     try:
         lm.model.head.to(device)
-        sets = evaluate_sets(lm.model, MemoryRows(ds.X, ds.y, split), model_loss(lm))
+        sets = evaluate_sets(lm.model, MemoryRows(ds.X, ds.y, split, ds.w), model_loss(lm))
     finally:
         lm.model.head.to("cpu")
     metrics = {k: sets[k] for k in HELD_OUT if sets.get(k) is not None}
     rows = {k: int(getattr(split, k).numel()) for k in metrics}
     recorded = {k: lm.metrics.get(k) for k in metrics if lm.metrics.get(k)}
-    notes = []
+    notes = [] if ds.w is None else [f"the metrics are weighted means (data.weights: {ds.source['weights']['column']!r})"]
     for k, m in metrics.items():
         diff = _max_rel_diff(m, recorded.get(k))
         if diff is not None and diff > RECORDED_RTOL:
@@ -255,6 +286,8 @@ def predict_file(
 
         for name, values in prediction_intervals(lm.checkpoint.path, X, interval).items():
             result[name] = values
+        if (lm.config.get("data") or {}).get("weights") is not None:  # (WLS: the new row's noise variance is scale / w)
+            notes.append("the obs_ci interval is that of a new row of weight 1, as statsmodels' WLS predicts by default")
     if columns:
         result = result[_select(list(columns), [str(c) for c in result.columns], path)]
     if out_path is not None:
@@ -265,28 +298,11 @@ def predict_file(
 def _check_out(out: Path, data: Path, lm: LoadedModel, force: bool) -> None:
     if out.is_dir():
         raise DataError(f"--out {out} is a directory; give a file name such as {out / 'predictions.csv'}")
-    for other, what in ((data, "the input data file"), (lm.checkpoint.path, "the checkpoint")):
-        if out.exists() and other.exists() and out.resolve() == other.resolve():
-            raise DataError(f"--out {out} is {what}; refusing to overwrite it", hint="write the predictions to another file")
-    run = _run_dir_holding(out.resolve())
-    if run is not None and not force:
-        raise DataError(
-            f"--out {out} is inside the run directory {run}; gradfit does not write predictions among a run's files",
-            hint="write the predictions to a file outside it, or add --force to write there anyway",
-        )
+    from gradfit.files import check_output  # (imported here for start-up time)
 
-
-def _run_dir_holding(path: Path) -> Optional[Path]:
-    """The run directory ``path`` lies in (one being written, or with a run's config and checkpoint or metrics), or None."""
-    from gradfit.results.checkpoint import CHECKPOINT_NAME  # (imported here for start-up time)
-    from gradfit.results.rundir import RUN_MARKER  # (imported here for start-up time)
-
-    for d in path.parents:
-        if (d / RUN_MARKER).exists() or (
-            (d / "config.yaml").is_file() and any((d / n).is_file() for n in (CHECKPOINT_NAME, "metrics.json"))
-        ):
-            return d
-    return None
+    # (one guard for every writer: files.check_output)
+    check_output(out, inputs=((data, "the input data file"), (lm.checkpoint.path, "the checkpoint")),
+                 force=force, writes="predictions", error=DataError)
 
 
 def _select(wanted: list[str], available: list[str], path: Path) -> list[str]:

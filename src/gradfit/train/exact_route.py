@@ -5,8 +5,12 @@
   (optim/coordinate.py) finds the minimizer of the penalized objective. The optimality test
   behind ``converged`` is the KKT conditions of that objective (metrics.json ``exact``:
   ``objective`` and ``kkt``).
-- loss quantile (and mae, asked for: q = 0.5): the pinball loss's linear program over the float64 design (optim/quantile_lp.py,
+- loss quantile and mae (q = 0.5): the pinball loss's linear program over the float64 design (optim/quantile_lp.py,
   scipy's HiGHS); ``converged`` is the solver's optimality status.
+- loss huber: statsmodels RLM's IRLS with HuberT (optim/huber_irls.py), run to its fixed point; without
+  a loss.delta the MAD scale of the residuals is estimated with it (delta = 1.345 * scale), with one it
+  is held at delta / 1.345. ``converged``: the iteration settled and the Huber loss's gradient is 0 to
+  rounding; standard errors: RLM's H1 covariance (metrics.json ``exact``: ``scale``, ``delta``).
 - loss poisson, gamma: Newton's method on the log-likelihood (optim/glm_newton.py), to a step
   below 1e-12 relative; standard errors from the Fisher information (as statsmodels' GLM).
 
@@ -22,8 +26,10 @@ import torch
 
 from gradfit.errors import TrainingError
 from gradfit.models.features import term_name
+from gradfit.models.losses import Loss
 from gradfit.optim.coordinate import KKT_RTOL, penalized_least_squares
 from gradfit.optim.glm_newton import glm_newton
+from gradfit.optim.huber_irls import HUBER_T, huber_irls
 from gradfit.optim.quantile_lp import quantile_lp
 from gradfit.results.exact import _design_rows, gram
 from gradfit.results.uncertainty import raw_map
@@ -36,6 +42,8 @@ def solve_exact(prep) -> tuple[TrainResult, dict, dict]:
     kind = prep.cfg.loss.kind
     if kind in ("poisson", "gamma"):
         return solve_glm(prep)
+    if kind == "huber":
+        return solve_huber(prep)
     return (*(solve_quantile(prep) if kind in ("quantile", "mae") else solve_penalized(prep)), {})
 
 
@@ -77,7 +85,11 @@ def fisher_uncertainty(model, fisher: torch.Tensor, reliable: bool) -> dict:
     L, info = torch.linalg.cholesky_ex(fisher)
     if int(info) != 0:
         return {}
-    C = torch.cholesky_inverse(L)
+    return covariance_uncertainty(model, torch.cholesky_inverse(L), reliable)
+
+
+def covariance_uncertainty(model, C: torch.Tensor, reliable: bool) -> dict:
+    """std_errors and (Wald, normal) ci95 of the raw coefficients from the covariance C (k, k) of the design's."""
     keys, M = raw_map(model)
     variances = ((M @ C) * M).sum(1).tolist()
     coefs = model.coefficients()
@@ -138,3 +150,46 @@ def solve_penalized(prep) -> tuple[TrainResult, dict]:
     check = {"objective": sol.objective, "kkt": sol.kkt, "kkt_limit": KKT_RTOL, "sweeps": sol.sweeps,
              "zeros": int((sol.coef == 0).sum())}
     return result, check
+
+
+def solve_huber(prep) -> tuple[TrainResult, dict, dict]:
+    """The Huber M-estimate of ``prep.model``'s linear head (RLM's IRLS); the run's loss takes the delta it used."""
+    t0 = time.perf_counter()
+    model, delta = prep.model, prep.cfg.loss.delta
+    A, y = _rows_in_hand(model, prep.rows)
+    sol = huber_irls(A.numpy(), y.numpy(), None if delta is None else delta / HUBER_T)
+    coef = torch.as_tensor(sol.coef, dtype=torch.float64)
+    _set_head(model, coef[:-1], float(coef[-1])) if model.spec["intercept"] else _set_head(model, coef, 0.0)
+    # The metrics, the history and the checkpoint report the Huber loss at the delta of the fit; the
+    # IRLS's own test (settled, gradient 0) is the optimality test, not the loop's gradient test.
+    prep.loss = Loss("huber", sol.delta)
+    prep.plan.start_grad = None
+    objective = prep.loss.original(A @ coef, y) if sol.scale > 0 else 0.0
+    seconds = time.perf_counter() - t0
+    result = TrainResult(history=[EpochRecord(1, objective, None, 0.0, seconds)], epochs=1,
+                         stop_reason="tolerance" if sol.converged else "max_epochs",
+                         converged=sol.converged, seconds=seconds)
+    estimated = delta is None
+    check = {"objective": objective, "solver": "IRLS (statsmodels RLM, HuberT" + (", MAD scale)" if estimated else ")"),
+             "iterations": sol.iterations, "scale": sol.scale, "delta": sol.delta, "scale_estimated": estimated,
+             "gradient": sol.gradient}
+    warnings = [] if sol.converged else [f"not converged: the Huber fit's IRLS stopped after {sol.iterations} "
+                                         f"iterations: {sol.why}; standard errors, if any, are marked unreliable"]
+    uncertainty = {}
+    if sol.covariance is not None:
+        uncertainty = covariance_uncertainty(model, torch.as_tensor(sol.covariance, dtype=torch.float64), sol.converged)
+    else:
+        warnings.append("standard errors are not reported: the design is rank deficient or has no more training rows "
+                        "than coefficients (RLM's H1 covariance needs (A^T A)^-1 and n > p)")
+    check["warnings"] = warnings
+    return result, check, uncertainty
+
+
+def uncertified_warnings(cfg) -> list[str]:
+    """The warning of an mae or quantile fit trained by the loop (not the linear program): its optimum is not certified."""
+    if cfg.loss.kind not in ("mae", "quantile") or cfg.optimizer.kind == "exact":
+        return []
+    fix = ("optimizer.kind: auto or exact solves it as a linear program" if cfg.model.kind in ("linear", "polynomial")
+           else "a linear or polynomial model with optimizer.kind: auto solves it exactly (a linear program)")
+    return [f"the {cfg.loss.kind} optimum is not certified: optimizer {cfg.optimizer.kind} on this non-smooth loss has "
+            f"no optimality test, so the fit may end above the minimum; {fix}"]

@@ -51,5 +51,7 @@ def prepare(cfg, dist: Dist, device: torch.device, t0: float):
         data.Z_val = model.design(ds.X[split.val])
         data.y_val = model.scaled_target(ds.y[split.val])
     plan = dist.agree(lambda: optim.plan(cfg, data.Z, reduce=dist.sum))
-    return Prepared(cfg, device, ds, split, model, data, losses.from_config(cfg), plan,
+    # (Huber's default delta from rank 0's training targets, the same on every rank)
+    loss = dist.gather(dist.agree(lambda: losses.from_config(cfg, y_tr)))[0]
+    return Prepared(cfg, device, ds, split, model, data, loss, plan,
                     time.perf_counter() - t0, rows, dist=dist)

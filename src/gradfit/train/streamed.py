@@ -151,5 +151,7 @@ def prepare(cfg, dist: Dist, device: torch.device, t0: float):
     ds = Dataset(torch.from_numpy(X), torch.from_numpy(y), stream.features, stream.target, source, notes)
     st = torch.from_numpy(sets.astype(np.int64))
     split = Split(*(torch.nonzero(st == s).flatten() for s in (TRAIN, VAL, TEST)))
-    return Prepared(cfg, device, ds, split, model, data, losses.from_config(cfg), plan,
+    # (Huber's default delta from rank 0's sample of training targets, the same on every rank)
+    loss = dist.gather(dist.agree(lambda: losses.from_config(cfg, y[sets == TRAIN])))[0]
+    return Prepared(cfg, device, ds, split, model, data, loss, plan,
                     time.perf_counter() - t0, stream, dist=dist)

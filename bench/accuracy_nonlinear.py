@@ -18,6 +18,11 @@ Two tables:
     python bench/accuracy_nonlinear.py            # both tables (markdown)
     python bench/accuracy_nonlinear.py --json     # one JSON document
     python bench/accuracy_nonlinear.py --hard --no-std-errors   # MGH09 ... Roszman1 (higher difficulty)
+    python bench/accuracy_nonlinear.py --hard --no-std-errors --references   # + MINPACK lm and trf columns
+
+``--references`` adds scipy's ``least_squares`` with gradfit's exact Jacobian, tight tolerances
+(1e-15) and ``x_scale="jac"``: ``method="lm"`` (MINPACK's lmder, its step bound factor 100) and
+``method="trf"``, from the same start: what a tuned classical solver reaches.
 
 Run from anywhere; the data are read from ``data/nist/`` of this repository.
 """
@@ -111,30 +116,58 @@ def scipy_params(name: str, start: str) -> list[float]:
     return list(least_squares(residuals, x0).x)
 
 
+def reference_params(name: str, start: str, method: str) -> list[float]:
+    """scipy.optimize.least_squares(method=...) with the exact Jacobian (gradfit's autograd one),
+    tolerances 1e-15 and x_scale="jac", on the same formula and start."""
+    import warnings
+
+    import torch
+    from scipy.optimize import least_squares
+
+    from gradfit.expr.parser import parse_equation
+    from gradfit.optim.lm import jacobian
+
+    expr = parse_equation(nist_formula(name)).right
+    data = np.loadtxt(NIST_DIR / f"{name}.csv", delimiter=",", skiprows=1, ndmin=2)
+    y, x = torch.from_numpy(data[:, 0].copy()), torch.from_numpy(data[:, 1].copy())
+    names = parameter_names(name)
+
+    def r(t):
+        return expr.to_torch({"x": x, **{k: t[i] for i, k in enumerate(names)}}) - y
+
+    x0 = [meta(name)[start][k] for k in names]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # (overflow on the way, as trf has from BoxBOD's start 1)
+        out = least_squares(lambda b: r(torch.tensor(b)).numpy(), x0, jac=lambda b: jacobian(r, torch.tensor(b))[1].numpy(),
+                            method=method, xtol=1e-15, ftol=1e-15, gtol=1e-15, x_scale="jac", max_nfev=20000)
+    return list(out.x)
+
+
 def certified(name: str, what: str = "value") -> list[float]:
     cert = meta(name)["certified"]
     return [cert[k][what] for k in cert]
 
 
-def measure_nonlinear(names) -> list[dict]:
+def measure_nonlinear(names, references: bool = False) -> list[dict]:
     rows = []
     for name in names:
         for start in ("start1", "start2"):
             g = run_formula(name, start)
-            rows.append(
-                {
-                    "dataset": name,
-                    "start": start,
-                    "gradfit": lre(g["params"], certified(name)),
-                    "scipy_least_squares": lre(scipy_params(name, start), certified(name)),
-                    "epochs": g["epochs"],
-                    "stop_reason": g["stop_reason"],
-                    "converged": g["converged"],
-                    "optimizer": g["optimizer"],
-                    "seconds": g["seconds"],
-                    "_run": g,
-                }
-            )
+            row = {
+                "dataset": name,
+                "start": start,
+                "gradfit": lre(g["params"], certified(name)),
+                "scipy_least_squares": lre(scipy_params(name, start), certified(name)),
+                "epochs": g["epochs"],
+                "stop_reason": g["stop_reason"],
+                "converged": g["converged"],
+                "optimizer": g["optimizer"],
+                "seconds": g["seconds"],
+                "_run": g,
+            }
+            if references:
+                row.update({f"scipy_{m}_exact": lre(reference_params(name, start, m), certified(name)) for m in ("lm", "trf")})
+            rows.append(row)
     return rows
 
 
@@ -177,16 +210,19 @@ def _se_row(name, kind, est, sd, residual_sd, cert_residual_sd) -> dict:
 
 
 def tables(nl_rows, se_rows) -> str:
+    refs = bool(nl_rows) and "scipy_lm_exact" in nl_rows[0]
     out = [
         "Nonlinear: parameter LRE from NIST's two start points (plain config: formula, start, float64)",
         "",
-        "| dataset | start | gradfit (lm) | scipy least_squares | epochs | stop_reason | converged |",
-        "|---|---|---:|---:|---:|---|---|",
+        "| dataset | start | gradfit (lm) | scipy least_squares | epochs | stop_reason | converged |"
+        + (" MINPACK lm (exact J) | trf (exact J) |" if refs else ""),
+        "|---|---|---:|---:|---:|---|---|" + ("---:|---:|" if refs else ""),
     ]
     for r in nl_rows:
         out.append(
             f"| {r['dataset']} | {r['start'][-1]} | {r['gradfit']:.1f} | {r['scipy_least_squares']:.1f} "
             f"| {r['epochs']} | {r['stop_reason']} | {r['converged']} |"
+            + (f" {r['scipy_lm_exact']:.1f} | {r['scipy_trf_exact']:.1f} |" if refs else "")
         )
     out += [
         "",
@@ -206,13 +242,14 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true", help="print one JSON document")
     ap.add_argument("--hard", action="store_true", help="the higher-difficulty datasets (and Roszman1) instead")
     ap.add_argument("--no-std-errors", action="store_true", help="only the nonlinear parameter table")
+    ap.add_argument("--references", action="store_true", help="add scipy's lm (MINPACK) and trf with the exact Jacobian")
     args = ap.parse_args(argv)
     if args.hard and args.datasets == NONLINEAR:
         args.datasets = HARD
     unknown = [n for n in args.datasets if n not in NONLINEAR + HARD]
     if unknown:
         ap.error(f"unknown dataset(s) {unknown}; choose from {NONLINEAR + HARD}")
-    nl = measure_nonlinear(args.datasets)
+    nl = measure_nonlinear(args.datasets, args.references)
     se = [] if args.no_std_errors else measure_std_errors(nl)
     if args.json:
         print(json.dumps({"nonlinear": [{k: v for k, v in r.items() if k != "_run"} for r in nl], "std_errors": se}, indent=1))

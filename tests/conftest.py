@@ -67,3 +67,19 @@ def small_config(**overrides) -> dict:
     }
     cfg.update(overrides)
     return cfg
+
+
+def table_config(data: dict, model: dict | None = None, *, epochs: int = 200, **over) -> dict:
+    """A float64 MSE config on a data file (``data``: the data section without ``split``), no
+    validation split, a linear model unless ``model`` names one (override sections by keyword)."""
+    cfg = {
+        "name": "t",
+        "seed": 0,
+        "dtype": "float64",
+        "data": {"split": {"val": 0.0}, **data},
+        "model": model or {"kind": "linear"},
+        "loss": {"kind": "mse"},
+        "train": {"epochs": epochs},
+    }
+    cfg.update(over)
+    return cfg

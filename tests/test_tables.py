@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import DATA, run_gradfit
+from conftest import DATA, run_gradfit, table_config
 from gradfit.config.loading import config_from_dict
 from gradfit.data.columns import sniff_sep
 from gradfit.data.encoding import quote
@@ -21,18 +21,7 @@ CARS = DATA / "used_cars.csv"
 
 
 def config(data: dict, model: dict | None = None, **over) -> dict:
-    cfg = {
-        "name": "t",
-        "seed": 0,
-        "dtype": "float64",
-        "data": {"split": {"val": 0.0}, **data},
-        "model": model or {"kind": "linear"},
-        "loss": {"kind": "mse"},
-        "optimizer": {"kind": "lbfgs"},
-        "train": {"epochs": 200},
-    }
-    cfg.update(over)
-    return cfg
+    return table_config(data, model, **{"optimizer": {"kind": "lbfgs"}, **over})
 
 
 def fit(tmp: Path, data: dict, model: dict | None = None, name: str = "run") -> Path:

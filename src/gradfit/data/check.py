@@ -15,6 +15,7 @@ from typing import Sequence
 from gradfit.config.loading import load_config
 from gradfit.config.schema import Config
 from gradfit.data.columns import read_columns, select_columns, select_synthetic_columns
+from gradfit.data.weights import check_weights_column
 
 
 @dataclass
@@ -52,5 +53,10 @@ def check_data(cfg: Config) -> DataCheck:
         names = select_synthetic_columns(syn, dc.target, dc.features)
         return DataCheck(cfg, f"synthetic {syn.kind} data, {syn.n_samples} rows, features {', '.join(names)}")
     path = cfg.resolved_data_path()
-    feats = select_columns(read_columns(path, dc.sep), dc.target, dc.features, path, dc.exclude)  # errors word the path as train does
-    return DataCheck(cfg, f"{os.path.normpath(path)} has the target {dc.target!r} and the features {', '.join(feats)}")
+    columns = read_columns(path, dc.sep)
+    check_weights_column(columns, dc.weights, path, [])
+    exclude = [*(dc.exclude or ()), dc.weights] if dc.weights is not None else dc.exclude  # (as data.tables reads it)
+    feats = select_columns(columns, dc.target, dc.features, path, exclude)  # errors word the path as train does
+    check_weights_column(columns, dc.weights, path, feats)
+    weighted = f", weighted by {dc.weights!r}" if dc.weights is not None else ""
+    return DataCheck(cfg, f"{os.path.normpath(path)} has the target {dc.target!r} and the features {', '.join(feats)}{weighted}")

@@ -45,6 +45,11 @@ def resolve_config(cfg, columns: list[str] | None = None):
             "which data.features leaves out",
             hint="add it to data.features, or remove data.features (a formula picks its own columns)",
         )
+    if dc.weights is not None and dc.weights in inputs:
+        raise ConfigError(
+            f"model.formula uses the column {dc.weights!r}, which data.weights names as the rows' weights",
+            hint="a weight is not an input: use another column in the formula, or another for data.weights",
+        )
     if not inputs:
         raise DataError(
             f"model.formula uses no column of {where} (columns found: {shown}); every name in it would be a parameter",

@@ -66,9 +66,15 @@ class ChunkedRows:
     streamed = False  # True for a source whose training batches are read from disk each epoch
     counts: dict  # rows of each set over all ranks, counted once when the source is made
     _raw: Optional[tuple] = None  # moments() of the raw columns, once computed (the rows do not change)
+    weights: Optional[torch.Tensor] = None  # (n,) the loss's row weights (data.weights), indexed as X; None: all 1
 
     def chunks(self, which: str) -> Iterator[Chunk]:  # pragma: no cover - each source has its own
         raise NotImplementedError
+
+    def weighted_chunks(self, which: str):
+        """(X, y, w) blocks of one set: ``chunks`` with each row's weight (w None without data.weights)."""
+        for X, y in self.chunks(which):
+            yield X, y, None
 
     def chunks_by_set(self):
         for which in SETS:
@@ -119,19 +125,30 @@ class _RowsInMemory(ChunkedRows):
             rows = idx[i : i + CHUNK_ROWS]
             yield self.X[rows], self.y[rows]
 
+    def weighted_chunks(self, which: str):
+        if self.weights is None:
+            yield from super().weighted_chunks(which)
+            return
+        idx = getattr(self.split, which)
+        for i in range(0, idx.numel(), CHUNK_ROWS):
+            rows = idx[i : i + CHUNK_ROWS]
+            yield self.X[rows], self.y[rows], self.weights[rows]
+
 
 class MemoryRows(_RowsInMemory):
     """One process, every row in memory (a Dataset's X and y, and its split)."""
 
-    def __init__(self, X: torch.Tensor, y: torch.Tensor, split: Split):
+    def __init__(self, X: torch.Tensor, y: torch.Tensor, split: Split, weights: Optional[torch.Tensor] = None):
         super().__init__(X, y, split, SINGLE)
+        self.weights = weights  # (n,) float64 (data.weights) or None
 
     @classmethod
-    def training(cls, X: torch.Tensor, y: torch.Tensor, rows: Optional[torch.Tensor] = None) -> "MemoryRows":
+    def training(cls, X: torch.Tensor, y: torch.Tensor, rows: Optional[torch.Tensor] = None,
+                 weights: Optional[torch.Tensor] = None) -> "MemoryRows":
         """The rows ``X[rows]``, ``y[rows]`` (default: all) as a training set, with no held-out rows."""
         rows = torch.arange(X.shape[0]) if rows is None else rows
         none = torch.zeros(0, dtype=torch.long)
-        return cls(X, y, Split(rows, none, none))
+        return cls(X, y, Split(rows, none, none), weights)
 
 
 class ShardRows(_RowsInMemory):

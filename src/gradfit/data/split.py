@@ -62,6 +62,7 @@ class Dataset:
     # Each row's 0-based row in the data file when rows were dropped (data.dropna), of n_file_rows.
     file_rows: Optional[torch.Tensor] = None  # (n_rows,) int64; None: row i is the file's row i
     n_file_rows: Optional[int] = None
+    w: Optional[torch.Tensor] = None  # (n_rows,) float64 weights of the loss (data.weights); None: every row 1
 
     @property
     def n_rows(self) -> int:

@@ -28,6 +28,7 @@ from gradfit.data.columns import (
 from gradfit.data.encoding import Encoding, fit_encoding
 from gradfit.data.split import Dataset
 from gradfit.data.synthetic import _synthetic
+from gradfit.data.weights import check_weights_column, table_weights
 from gradfit.data.wilkinson import fit_wilkinson
 from gradfit.errors import DataError
 
@@ -184,12 +185,16 @@ def load_dataset(cfg: Config) -> Dataset:
         raise DataError(f"{path}: its fields are separated by {sep!r}, which data.decimal says is the decimal mark",
                         hint="a file with decimal commas separates its fields with another character, e.g. ';' (data.sep)")
     columns = read_columns(path, sep)
-    feats = select_columns(columns, dc.target, dc.features, path, dc.exclude)
+    check_weights_column(columns, dc.weights, path, [])
+    exclude = [*(dc.exclude or ()), dc.weights] if dc.weights is not None else dc.exclude  # (a weight is no feature)
+    feats = select_columns(columns, dc.target, dc.features, path, exclude)
+    check_weights_column(columns, dc.weights, path, feats)
     formula = getattr(cfg.model, "formula", None) if cfg.model.kind == "linear" else None  # (data/wilkinson.py)
-    small = _small_csv_arrays(path, feats, dc.target, sep) if dc.decimal == "." and not formula else None
+    plain = dc.decimal == "." and not formula and dc.weights is None
+    small = _small_csv_arrays(path, feats, dc.target, sep) if plain else None
     # Formula models (y = f(x; p)) read numeric columns by their own names: no encoding.
     encode = cfg.model.kind != "formula"
-    encoding, kept = Encoding.numeric(feats), None
+    encoding, kept, w = Encoding.numeric(feats), None, None
     if small is not None:
         (X, y), notes = small, []
         digest = fingerprint(path)
@@ -202,12 +207,14 @@ def load_dataset(cfg: Config) -> Dataset:
             pending = pool.submit(fingerprint, path)
             shape = pool.submit(check_csv_shape, path, sep) if not is_parquet(path) else None
             try:
-                frame = read_frame(path, feats + [dc.target], sep, dc.decimal)
+                frame = read_frame(path, feats + [dc.target] + ([dc.weights] if dc.weights else []), sep, dc.decimal)
             finally:
                 if shape is not None:
                     shape.result()  # (a ragged row is the true cause of a parse error too)
             if len(frame) == 0:
                 raise DataError(f"{path}: the file has a header but no rows", hint="add the data rows below the header")
+            first_line = 1 if is_parquet(path) else 2
+            w = table_weights(frame, len(frame), dc.weights, dc.weights_are, path, first_line)
             if encode:
                 encoding = fit_wilkinson(frame, formula, path) if formula else fit_encoding(frame, feats, dc.reference, path)
                 if not encoding.is_numeric:
@@ -224,6 +231,9 @@ def load_dataset(cfg: Config) -> Dataset:
     if encode:
         source["encoding"] = encoding.to_json()
     ds = Dataset(torch.from_numpy(X), torch.from_numpy(y), encoding.names if encode else feats, dc.target, source, notes)
+    if w is not None:
+        ds.w = torch.from_numpy(np.array(w[kept] if kept is not None else w, dtype=np.float64))  # (n_rows,) the kept rows
+        source["weights"] = {"column": dc.weights, "are": dc.weights_are}
     if kept is not None and len(X) < len(kept):  # (rows dropped: which file rows are left, for split.csv)
         ds.file_rows, ds.n_file_rows = torch.from_numpy(np.flatnonzero(kept)), len(kept)
     return ds

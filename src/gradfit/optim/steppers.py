@@ -230,7 +230,7 @@ class LMStep(_InMemory):
 
     def run(self, should_stop) -> EpochOutcome:
         data = self.data
-        grad_max = self.optimizer.iterate(self.head, data.Z, data.y, dist=self.dist)
+        grad_max = self.optimizer.iterate(self.head, data.Z, data.y, dist=self.dist, w=getattr(data, "w", None))
         with torch.no_grad():
             loss_t = self.loss_fn(self.head(data.Z), data.y)
         return EpochOutcome(loss_t, grad_max, finished=self.optimizer.finished)
@@ -258,7 +258,8 @@ def _autograd_closure(head, loss_fn, optimizer, Z, y):
 
 
 def _validation(head, loss_fn, rows: TrainRows, dist) -> Optional[Callable[[], Any]]:
-    """The validation loss in scaled units, as a function of nothing (None: no validation rows)."""
+    """The validation loss in scaled units, as a function of nothing (None: no validation rows);
+    ``loss_fn``: the validation rows' loss (their own with row weights, train.loop.TrainData)."""
     data, stream = rows.data, (rows.source if rows.streamed else None)
     if rows.streamed:
         has_val = stream.has_val
@@ -281,14 +282,16 @@ def _validation(head, loss_fn, rows: TrainRows, dist) -> Optional[Callable[[], A
 
 
 def make_epoch_step(head, loss_fn, optimizer, rows: TrainRows, *, kind: str, batch_size: Optional[int],
-                    generator: torch.Generator) -> EpochStep:
-    """The epoch step for this optimizer kind and these rows: the one place that decides it."""
+                    generator: torch.Generator, val_loss_fn: Optional[Callable] = None) -> EpochStep:
+    """The epoch step for this optimizer kind and these rows: the one place that decides it.
+
+    ``val_loss_fn``: the validation rows' loss where it is not ``loss_fn`` (row weights: each set its own)."""
     data = rows.data
     dist = rows.dist
     n = data.Z.shape[0]
     n_all = dist.sum(n)  # rows over all ranks: every rank takes the same branch
     full_batch = batch_size is None or batch_size >= n_all
-    val = _validation(head, loss_fn, rows, dist)
+    val = _validation(head, val_loss_fn or loss_fn, rows, dist)
     kf = facts(kind)
     window = MONOTONE_TOL_WINDOW if kind == "sgd" and full_batch and monotone(head, loss_fn, optimizer) else kf.tol_window
     step = _choose(head, loss_fn, optimizer, rows, dist, val, kind=kind, batch_size=batch_size, n_all=n_all,

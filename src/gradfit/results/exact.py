@@ -38,15 +38,27 @@ def _design_rows(model, source: RowSource):
             yield A, y[i : i + A.shape[0]].to(torch.float64)
 
 
+def _weighted_rows(model, source: RowSource):
+    """(A, y, w) as ``_design_rows``, w each row's weight (data.weights; ones where the source has none)."""
+    if getattr(source, "weights", None) is None:
+        for A, y in _design_rows(model, source):
+            yield A, y, None
+        return
+    for X, y, w in source.weighted_chunks("train"):
+        for i, A in design_chunks(model, X):
+            yield A, y[i : i + A.shape[0]].to(torch.float64), w[i : i + A.shape[0]].to(torch.float64)
+
+
 def gram(model, source: RowSource) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(A^T A, A^T y, n) of the training rows' float64 design A, summed over chunks and ranks."""
+    """(A^T W A, A^T W y, n) of the training rows' float64 design A (W: the row weights, or I), summed over chunks and ranks."""
     k = model.features.n_terms + int(bool(model.spec["intercept"]))
     G = torch.zeros(k, k, dtype=torch.float64)
     c = torch.zeros(k, dtype=torch.float64)
     n = 0
-    for A, y in _design_rows(model, source):
-        G += A.T @ A
-        c += A.T @ y
+    for A, y, w in _weighted_rows(model, source):
+        WA = A if w is None else A * w[:, None]
+        G += A.T @ WA
+        c += WA.T @ y
         n += A.shape[0]
     return source.sum(G), source.sum(c), int(source.sum(n))
 
@@ -66,16 +78,21 @@ def exact_fit(model, source: RowSource) -> dict:
 
     coef = solve(c)
     g = torch.zeros_like(c)
-    for A, y in _design_rows(model, source):  # one refinement step against rounding in the normal equations
-        g += A.T @ (y - A @ coef)
+    for A, y, w in _weighted_rows(model, source):  # one refinement step against rounding in the normal equations
+        g += A.T @ ((y - A @ coef) * (1.0 if w is None else w))
     coef = coef + solve(source.sum(g))
-    rss = 0.0
-    for A, y in _design_rows(model, source):
-        rss += float((A @ coef - y).pow(2).sum())
-    # the Gram matrix and the row count serve the standard errors as well (uncertainty.py)
-    return {"loss": source.sum(rss) / max(n, 1), "coef": coef, "gram": G, "n": n}
+    rss, sum_w = 0.0, 0.0
+    for A, y, w in _weighted_rows(model, source):
+        sq = (A @ coef - y).pow(2)
+        rss += float(sq.sum() if w is None else (w * sq).sum())
+        sum_w += A.shape[0] if w is None else float(w.sum())
+    # the Gram matrix and the row count serve the standard errors as well (uncertainty.py);
+    # with row weights (WLS) the loss is the weighted mean, sum w r^2 / sum w, and rss the weighted sum
+    sum_w = source.sum(sum_w)
+    return {"loss": source.sum(rss) / (sum_w if sum_w > 0 else 1), "coef": coef, "gram": G, "n": n, "rss": source.sum(rss)}
 
 
-def exact_least_squares(model, X: torch.Tensor, y: torch.Tensor, rows: Optional[torch.Tensor] = None) -> dict:
-    """``exact_fit`` on rows in hand: ``X``, ``y`` (or ``X[rows]``, ``y[rows]``, read chunk by chunk)."""
-    return exact_fit(model, MemoryRows.training(X, y, rows))
+def exact_least_squares(model, X: torch.Tensor, y: torch.Tensor, rows: Optional[torch.Tensor] = None,
+                        weights: Optional[torch.Tensor] = None) -> dict:
+    """``exact_fit`` on rows in hand: ``X``, ``y`` (or ``X[rows]``, ``y[rows]``, read chunk by chunk; ``weights``: (n,) of X's rows)."""
+    return exact_fit(model, MemoryRows.training(X, y, rows, weights))

@@ -9,6 +9,7 @@ import torch
 
 from gradfit.data.moments import Moments
 from gradfit.data.sources import SETS
+from gradfit.models.weighted import weighted_original
 from gradfit.parallel import SINGLE
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -32,11 +33,16 @@ class MetricSums:
         self.v = torch.zeros(5, dtype=torch.float64)  # n, loss*n, sum r^2, sum |r|, named metric*n
         self.y = Moments()
         self.loss_name = None
+        self.weighted: Optional[WeightedSums] = None  # data.weights: the sums with each row's weight
 
-    def add(self, y: torch.Tensor, pred: torch.Tensor, loss) -> "MetricSums":
+    def add(self, y: torch.Tensor, pred: torch.Tensor, loss, w: Optional[torch.Tensor] = None) -> "MetricSums":
         y, pred = y.to(torch.float64), pred.to(torch.float64)
         n = y.shape[0]
         if n == 0:
+            return self
+        if w is not None:
+            self.loss_name = getattr(loss, "metric_name", None)
+            self.weighted = (self.weighted or WeightedSums()).add(y, pred, loss, w.to(torch.float64))
             return self
         r = pred - y
         self.loss_name = getattr(loss, "metric_name", None)
@@ -48,6 +54,8 @@ class MetricSums:
 
     def result(self, dist: Dist) -> Optional[dict]:
         """The metrics over every rank's rows; None when there are none."""
+        if self.weighted is not None:  # (weighted rows are in one process: config/weighting.py)
+            return self.weighted.result(self.loss_name)
         n, loss_n, ss_res, sum_abs, named_n = dist.sum(self.v).tolist()
         ys = self.y.reduce(dist)  # (every rank takes part, with rows or not)
         if n == 0:
@@ -65,21 +73,76 @@ class MetricSums:
         return out
 
 
-def regression_metrics(y: torch.Tensor, pred: torch.Tensor, loss) -> dict:
-    """Metrics of predictions against truth (float64 tensors of shape (n,)), in one process."""
-    return MetricSums().add(y, pred, loss).result(SINGLE)
+class WeightedSums:
+    """MetricSums' sums with row weights w: sum w, sum w l, sum w r^2, sum w |r|, and the weighted
+    mean and centred sum of squares of the target (West's weighted merge), so that r2 is
+    1 - sum w r^2 / sum w (y - ybar_w)^2, statsmodels' WLS rsquared."""
+
+    def __init__(self):
+        self.sw = self.loss = self.ss_res = self.sum_abs = self.named = self.mean = self.m2 = 0.0
+
+    def add_target(self, y: torch.Tensor, w: torch.Tensor) -> None:
+        sw = float(w.sum())
+        if sw <= 0:
+            return
+        mean = float((w * y).sum()) / sw
+        m2 = float((w * (y - mean).square()).sum())
+        total = self.sw + sw
+        delta = mean - self.mean
+        self.m2 += m2 + delta * delta * self.sw * sw / total
+        self.mean += delta * sw / total
+        self.sw = total
+
+    def add(self, y, pred, loss, w) -> "WeightedSums":
+        sw = float(w.sum())
+        if sw > 0:
+            r = pred - y
+            self.loss += weighted_original(loss, pred, y, w) * sw
+            if getattr(loss, "metric_name", None) is not None:
+                self.named += weighted_original(loss, pred, y, w) * sw  # (log_cosh: the loss itself)
+            self.ss_res += float((w * r.square()).sum())
+            self.sum_abs += float((w * r.abs()).sum())
+        self.add_target(y, w)
+        return self
+
+    def result(self, loss_name) -> Optional[dict]:
+        if not self.sw > 0:
+            return None
+        mse = self.ss_res / self.sw
+        r2 = 1.0 - self.ss_res / self.m2 if self.m2 > 0 else (1.0 if self.ss_res == 0 else float("-inf"))
+        out = {"loss": self.loss / self.sw, "mse": mse, "rmse": math.sqrt(mse), "mae": self.sum_abs / self.sw,
+               "r2": r2 if math.isfinite(r2) else None, "weighted": True}
+        if loss_name is not None:
+            out[loss_name] = self.named / self.sw
+        return out
+
+
+def regression_metrics(y: torch.Tensor, pred: torch.Tensor, loss, w: Optional[torch.Tensor] = None) -> dict:
+    """Metrics of predictions against truth (float64 tensors of shape (n,)), in one process (``w``: row weights)."""
+    return MetricSums().add(y, pred, loss, w).result(SINGLE)
 
 
 def evaluate_sets(model: RegressionModel, source: RowSource, loss: Loss) -> dict:
-    """Metrics of train, val and test (None where a set is empty) over every rank's rows, in original units."""
+    """Metrics of train, val and test (None where a set is empty) over every rank's rows, in original units
+    (weighted means where the source has row weights, data.weights)."""
     sums = {which: MetricSums() for which in SETS}
-    for which, X, y in source.chunks_by_set():
-        sums[which].add(y, model.predict(X), loss)
+    if getattr(source, "weights", None) is not None:
+        for which in SETS:
+            for X, y, w in source.weighted_chunks(which):
+                sums[which].add(y, model.predict(X), loss, w)
+    else:
+        for which, X, y in source.chunks_by_set():
+            sums[which].add(y, model.predict(X), loss)
     return {which: sums[which].result(source.dist) for which in SETS}
 
 
 def target_variance(source: RowSource) -> float:
-    """Population variance of the target over every rank's training rows."""
+    """Population variance of the target over every rank's training rows (weighted, with row weights)."""
+    if getattr(source, "weights", None) is not None:
+        ws = WeightedSums()
+        for _, y, w in source.weighted_chunks("train"):
+            ws.add_target(y.to(torch.float64), w.to(torch.float64))
+        return ws.m2 / ws.sw if ws.sw > 0 else 0.0
     return float(source.moments()[1]["var"][0])
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from statistics import NormalDist
 from typing import TYPE_CHECKING, Optional
 
 import torch
@@ -123,20 +124,28 @@ def t_quantile(p: float, dof: float) -> float:
 # ---------------------------------------------------------------- summaries
 
 
-def summarize(names: list[str], values: list[float], variances: list[float], rss: float, n: int, p: int) -> dict:
-    """{std_errors, ci95, residual_sd, dof} from coefficient variances (sigma^2 already in them)."""
+def summarize(names: list[str], values: list[float], variances: list[float], rss: float, n: int, p: int,
+              absolute: bool = False) -> dict:
+    """{std_errors, ci95, residual_sd, dof} from coefficient variances (sigma^2 already in them).
+
+    ``absolute`` (data.absolute_sigma): the variances are (J'WJ)^-1 with sigma known, and the
+    interval is the normal one (value +- 1.96 se), as for curve_fit's absolute_sigma=True."""
     dof = n - p
-    tq = t_quantile(0.975, dof)
+    tq = NormalDist().inv_cdf(0.975) if absolute else t_quantile(0.975, dof)
     se = {k: math.sqrt(max(v, 0.0)) for k, v in zip(names, variances)}
-    return {
+    out = {
         "std_errors": se,
         "ci95": {k: [x - tq * se[k], x + tq * se[k]] for k, x in zip(names, values)},
         "residual_sd": math.sqrt(rss / dof),
         "dof": dof,
     }
+    if absolute:
+        out["absolute_sigma"] = True
+    return out
 
 
-def standard_errors(model, source: RowSource, fit: Optional[dict] = None, rss: Optional[float] = None) -> dict:
+def standard_errors(model, source: RowSource, fit: Optional[dict] = None, rss: Optional[float] = None,
+                    absolute: bool = False) -> dict:
     """The uncertainty keys of coefficients.json for a model with standard errors fitted by MSE,
     over every rank's training rows (every rank must call it).
 
@@ -147,21 +156,27 @@ def standard_errors(model, source: RowSource, fit: Optional[dict] = None, rss: O
     """
     if not model.has_standard_errors:
         return {}
+    weighted = getattr(source, "weights", None) is not None  # (data.weights: WLS, sigma^2 = sum w r^2 / (n - p))
     if model.linear_in_parameters:
         G, _, n = gram(model, source) if fit is None else (fit["gram"], None, fit["n"])
+        if weighted:  # (a caller's rss is the unweighted mse times n: the weighted sum is the fit's own)
+            rss = None
         if rss is None:
-            rss = lambda: source.sum(sum(float((y - model.predict(X)).pow(2).sum()) for X, y in source.chunks("train")))  # noqa: E731
-        return linear_uncertainty_from_gram(model, G, rss, n)
+            rss = lambda: source.sum(sum(float(((y - model.predict(X)).pow(2) * (1.0 if w is None else w)).sum())  # noqa: E731
+                                         for X, y, w in source.weighted_chunks("train")))
+        return linear_uncertainty_from_gram(model, G, rss, n, absolute)
     # The Jacobian of all of this rank's training rows at once (formula models run in memory).
-    parts = list(source.chunks("train"))
-    X = torch.cat([X for X, _ in parts]) if parts else torch.zeros(0, len(model.spec["features"]), dtype=torch.float64)
-    y = torch.cat([y for _, y in parts]) if parts else torch.zeros(0, dtype=torch.float64)
-    return formula_uncertainty(model, X, y, source.dist)
+    parts = list(source.weighted_chunks("train"))
+    X = torch.cat([X for X, _, _ in parts]) if parts else torch.zeros(0, len(model.spec["features"]), dtype=torch.float64)
+    y = torch.cat([y for _, y, _ in parts]) if parts else torch.zeros(0, dtype=torch.float64)
+    w = torch.cat([w for _, _, w in parts]) if parts and weighted else None
+    return formula_uncertainty(model, X, y, source.dist, w, absolute)
 
 
-def uncertainty(model, X: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None) -> dict:
-    """``standard_errors`` on rows in hand: ``X``, ``y`` (or ``X[rows]``, ``y[rows]``, read chunk by chunk)."""
-    return standard_errors(model, MemoryRows.training(X, y, rows))
+def uncertainty(model, X: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None,
+                weights: torch.Tensor | None = None) -> dict:
+    """``standard_errors`` on rows in hand: ``X``, ``y`` (or ``X[rows]``, ``y[rows]``, read chunk by chunk; ``weights`` of X's rows)."""
+    return standard_errors(model, MemoryRows.training(X, y, rows, weights))
 
 
 # ---------------------------------------------------------------- linear and polynomial
@@ -199,7 +214,7 @@ def raw_map(model) -> tuple[list[tuple[int, ...]], torch.Tensor]:
     return keys, torch.tensor([[float(v) for v in r] for r in M], dtype=torch.float64)
 
 
-def linear_uncertainty_from_gram(model, G: torch.Tensor, rss, n: int) -> dict:
+def linear_uncertainty_from_gram(model, G: torch.Tensor, rss, n: int, absolute: bool = False) -> dict:
     """linear_uncertainty from the training rows' Gram matrix of the scaled design (intercept column
     last) and their residual sum of squares in original units (a number, or a function giving it):
     what a run whose rows are spread over processes or streamed from disk can sum up."""
@@ -214,28 +229,31 @@ def linear_uncertainty_from_gram(model, G: torch.Tensor, rss, n: int) -> dict:
     if not bool(torch.isfinite(C).all()):
         return {}
     rss = float(rss() if callable(rss) else rss)
-    sigma2 = rss / (n - p)
+    sigma2 = 1.0 if absolute else rss / (n - p)  # (absolute: the weights are 1/sigma^2 of known sigmas)
     keys, M = raw_map(model)
     variances = (sigma2 * ((M @ C) * M).sum(1)).tolist()
     coefs = model.coefficients()
     names = [("intercept" if sum(e) == 0 else term_name(e, model.spec["features"])) for e in keys]
     values = [coefs["intercept"] if nm == "intercept" else coefs["coefficients"].get(nm, 0.0) for nm in names]
-    return summarize(names, values, variances, rss, n, p)
+    return summarize(names, values, variances, rss, n, p, absolute)
 
 
 # ---------------------------------------------------------------- formula
 
 
 def formula_jacobian(model, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(predictions (n,), J (n, p)) of a formula model at its parameters, float64 on the CPU."""
+    """(predictions (n,), J (n, q)) of a formula model at its parameters, float64 on the CPU; J with
+    respect to the q varying parameters in external units (fixed ones left out; for a bounded one this
+    is lmfit's covariance, the internal one carried back by the transform's derivative)."""
     head = model.head
     X64 = X.to("cpu", torch.float64)
     theta = head.theta.detach().to("cpu", torch.float64)
+    idx = head.varying_index.cpu()
 
     def f(t):
-        return head.evaluate(X64, t)
+        return head.evaluate(X64, theta.index_put((idx,), t))
 
-    return jacobian(f, theta)
+    return jacobian(f, theta[idx])
 
 
 def covariance_unscaled(J: torch.Tensor, dist: Dist = SINGLE) -> torch.Tensor | None:
@@ -258,22 +276,28 @@ def covariance_unscaled(J: torch.Tensor, dist: Dist = SINGLE) -> torch.Tensor | 
     return (Rinv @ Rinv.T) / torch.outer(s, s)
 
 
-def formula_uncertainty(model, X: torch.Tensor, y: torch.Tensor, dist: Dist = SINGLE) -> dict:
+def formula_uncertainty(model, X: torch.Tensor, y: torch.Tensor, dist: Dist = SINGLE,
+                        w: torch.Tensor | None = None, absolute: bool = False) -> dict:
     """Standard errors of a formula model's parameters, from its autograd Jacobian at the solution.
 
     ``dist``: X and y are this rank's training rows; sums and the factorization cover every rank's
-    (every rank must call it)."""
+    (every rank must call it). ``w``: row weights (data.weights): J and the residuals are multiplied
+    by sqrt(w), which is scipy's ``curve_fit(sigma=1/sqrt(w), absolute_sigma=False)``."""
     n = int(dist.sum(int(X.shape[0])))
-    names = model.parameter_names()
+    names = model.varying_names()  # (fixed parameters: no standard error, no degree of freedom)
     p = len(names)
     if n <= p:
         return {}
     with torch.no_grad():
         pred, J = formula_jacobian(model, X)
+    r = y.to(torch.float64) - pred
+    if w is not None:
+        root = w.to(torch.float64).sqrt()
+        J, r = J * root[:, None], r * root
     C = covariance_unscaled(J, dist)
-    rss = dist.sum(float((y.to(torch.float64) - pred).pow(2).sum()))
+    rss = dist.sum(float(r.pow(2).sum()))
     if C is None or not math.isfinite(rss):
         return {}
-    sigma2 = rss / (n - p)
-    values = model.head.theta.detach().to("cpu", torch.float64).tolist()
-    return summarize(names, values, (sigma2 * C.diagonal()).tolist(), rss, n, p)
+    sigma2 = 1.0 if absolute else rss / (n - p)  # (absolute: curve_fit's absolute_sigma=True)
+    values = [model.parameters_dict()[k] for k in names]
+    return summarize(names, values, (sigma2 * C.diagonal()).tolist(), rss, n, p, absolute)

@@ -14,6 +14,7 @@ from typing import Callable, Optional
 
 import torch
 
+from gradfit.models.weighted import weighted_loss
 from gradfit.optim.steppers import TrainRows, facts, make_epoch_step
 from gradfit.train.stopping import Divergence, StopRules, StopState, noise_level
 
@@ -49,7 +50,19 @@ class TrainData:
     y: torch.Tensor  # (n_train,)
     Z_val: Optional[torch.Tensor] = None
     y_val: Optional[torch.Tensor] = None
+    # Row weights (data.weights), in Z's dtype and on its device; None: every row weighs 1.
+    w: Optional[torch.Tensor] = None  # (n_train,)
+    w_val: Optional[torch.Tensor] = None  # (n_val,)
 
+    def training_loss(self, loss, y_scale: float) -> Callable:
+        """The loss the loop minimizes on (Z, y): the mean loss, or with row weights sum(w l) / sum(w)."""
+        return loss.scaled(y_scale) if self.w is None else weighted_loss(loss, y_scale, self.w)
+
+    def validation_loss(self, loss, y_scale: float) -> Optional[Callable]:
+        """The loss on (Z_val, y_val) when it is not the training loss's function (row weights); else None."""
+        if self.w is None or self.w_val is None or self.w_val.numel() == 0:
+            return None
+        return weighted_loss(loss, y_scale, self.w_val)
 
 
 @dataclass
@@ -66,6 +79,7 @@ class LoopSettings:
     loss_power: int = 2
     early_stopping: object = None  # config's EarlyStopping
     checkpoint_every: Optional[int] = None
+    val_loss_fn: Optional[Callable] = None  # the validation rows' loss when it differs (TrainData.validation_loss)
 
 
 @dataclass
@@ -105,7 +119,8 @@ def fit(head: torch.nn.Module, rows: TrainRows, loss_fn: Callable, optimizer, se
 
 
 def _fit(head, rows: TrainRows, loss_fn, optimizer, s: LoopSettings, cb: Callbacks, start: StartFrom) -> TrainResult:
-    step = make_epoch_step(head, loss_fn, optimizer, rows, kind=s.kind, batch_size=s.batch_size, generator=s.generator)
+    step = make_epoch_step(head, loss_fn, optimizer, rows, kind=s.kind, batch_size=s.batch_size, generator=s.generator,
+                           val_loss_fn=s.val_loss_fn)
     eps = torch.finfo(rows.data.Z.dtype).eps
     noise = noise_level(step.target_sums(), eps, s.loss_power, s.loss_scale)
     inner = getattr(head, "module", head)  # the best weights are the head's own (DDP wraps it in .module)

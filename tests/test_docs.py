@@ -16,7 +16,10 @@ from conftest import ROOT
 
 # Output lines worth asserting (the rest carry timings, dates and paths that vary, or the last digits of
 # float32 training, which differ between machines).
-CHECKED = re.compile(r"^(y = |price_k = |error: |solved: |linear; |free direction|runs/|size_m2,|120,|80,|wrote |next: |b1 |b2 )")
+CHECKED = re.compile(r"^(y = |price_k = |error: |solved: |linear; |free direction|runs/|size_m2,|120,|80,|wrote |next: |b1 |b2 |regularization path: "
+                     r"|\d+ +model\.penalty\.l1="  # (a sweep's ranking of exact float64 fits)
+                     r"|\d+ +model\.degree=\d+ +\d|\d+ +\d+ +\d+ +\d|mean +\d|sd +\d"  # (cv and a grid sweep, float64)
+                     r"|VW,|Fiat,|Toyota,)")  # (predict on new rows of the mixed-type table)
 TIMING = re.compile(r"\d s\b")  # "in 0.04 s": never asserted, whatever the prefix
 
 # In the lines asserted, the text must be the same and the numbers close: other BLAS builds of numpy and

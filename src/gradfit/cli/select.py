@@ -10,6 +10,7 @@ import typer
 
 from gradfit.cli.common import app, stderr_console, stdout_console, user_errors
 from gradfit.cli.train import fmt
+from gradfit.files import check_output
 
 
 @app.command()
@@ -22,6 +23,7 @@ def cv(
     time: bool = typer.Option(False, "--time", help="Time-ordered forward chaining: train on earlier rows, validate on the next block."),
     set_: List[str] = typer.Option([], "--set", help="Override a config value: KEY=VALUE (dotted path).", metavar="KEY=VALUE"),
     out: Optional[Path] = typer.Option(None, "--out", help="Write here instead of OUTPUT_DIR/NAME-cv."),
+    force: bool = typer.Option(False, "--force", help="Write even inside a run directory."),
     json_out: bool = typer.Option(False, "--json", help="Print cv.json to stdout."),
 ) -> None:
     """Cross-validate a config: one run per fold, folds.csv (row,fold) and cv.json (per fold, mean and sd)."""
@@ -30,6 +32,7 @@ def cv(
 
     cfg = load_config(config, set_)
     where = out if out is not None else Path(cfg.output.dir) / f"{cfg.name}-cv"
+    check_output(where, inputs=((config, "the config file"),), force=force, writes="cross-validations")
     result = cross_validate(cfg, where, folds, repeats=repeats, group=group, time=time)
     if json_out:
         from gradfit.results.rundir import to_json  # (imported here for start-up time)
@@ -63,24 +66,38 @@ def cv_table(result):
 def sweep(
     config: Path = typer.Argument(..., help="YAML experiment file.", show_default=False),
     grid: List[str] = typer.Option([], "--grid", help="Values of one config key: KEY=V1,V2,...", metavar="KEY=V1,V2"),
+    random_n: Optional[int] = typer.Option(None, "--random", help="Train N seeded random draws over the --range values.",
+                                           metavar="N"),
+    optuna_n: Optional[int] = typer.Option(None, "--optuna", help="Train N trials of Optuna's TPE sampler over the "
+                                           "--range values (needs gradfit[optuna]).", metavar="N"),
+    range_: List[str] = typer.Option([], "--range", help="A numeric key's range for --random/--optuna: "
+                                     "KEY=LOW:HIGH, or KEY=LOW:HIGH:log for log-uniform.", metavar="KEY=LOW:HIGH[:log]"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the --random draws and the --optuna sampler "
+                                       "(default: the config's seed)."),
     folds: Optional[int] = typer.Option(None, "--folds", help="Cross-validate each combination on K folds."),
+    repeats: int = typer.Option(1, "--repeats", help="With --folds: repeat the K folds R times, each with another shuffle."),
     metric: str = typer.Option("val.r2", "--metric", help="Rank by this metric (SET.NAME; with --folds the mean over folds)."),
     jobs: int = typer.Option(1, "--jobs", help="Train this many combinations at once, in processes (threads = cores / jobs)."),
     set_: List[str] = typer.Option([], "--set", help="Override a config value for every run: KEY=VALUE.", metavar="KEY=VALUE"),
     out: Optional[Path] = typer.Option(None, "--out", help="Write here instead of OUTPUT_DIR/NAME-sweep."),
+    force: bool = typer.Option(False, "--force", help="Write even inside a run directory."),
     json_out: bool = typer.Option(False, "--json", help="Print ranking.json to stdout."),
 ) -> None:
-    """Train each combination of the --grid values, rank them; DIR holds sweep.yaml, the runs and ranking.json.
+    """Train each combination of the --grid values (or --random / --optuna draws over --range values) and rank them.
 
-    Running the same command again skips the combinations that finished (an interrupted sweep resumes).
+    DIR holds sweep.yaml, the runs and ranking.json (and path.csv, path.png for a sweep over
+    model.penalty.l1 or .l2 alone). Running the same command again skips the runs that finished
+    (an interrupted sweep resumes; --optuna keeps its study in DIR/optuna.db).
     """
     from gradfit.config.loading import load_config  # (imported here for start-up time)
     from gradfit.train.sweep import sweep as run_sweep  # (imported here for start-up time)
 
     cfg = load_config(config, set_)
     where = out if out is not None else Path(cfg.output.dir) / f"{cfg.name}-sweep"
+    check_output(where, inputs=((config, "the config file"),), force=force, writes="sweeps")
     err = stderr_console()
-    result = run_sweep(config, where, grid, overrides=tuple(set_), folds=folds, metric=metric, jobs=jobs,
+    result = run_sweep(config, where, grid, random_n=random_n, optuna_n=optuna_n, range_items=range_, seed=seed,
+                       overrides=tuple(set_), folds=folds, repeats=repeats, metric=metric, jobs=jobs,
                        on_run=lambda name, skipped: err.print(f"{'skipped (finished)' if skipped else 'trained'}: {name}",
                                                               soft_wrap=True, markup=False))
     if json_out:
@@ -88,12 +105,20 @@ def sweep(
 
         sys.stdout.write(to_json({"metric": result.metric, "runs": result.ranking, "out": str(result.out)}))
         return
+    stdout_console().print(ranking_table(result.metric, result.ranking))
+    if (result.out / "path.csv").is_file():
+        stdout_console().print(f"regularization path: {result.out / 'path.csv'}, {result.out / 'path.png'}",
+                               soft_wrap=True)
+    stdout_console().print(f"sweep directory: {result.out}", soft_wrap=True)
+
+
+def ranking_table(metric: str, runs: list[dict]):
+    """A sweep's ranking: rank, run, score (``gradfit sweep`` and ``gradfit runs SWEEP_DIR``)."""
     from rich.table import Table  # (imported here for start-up time)
 
     table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
-    for col in ("rank", "run", result.metric):
+    for col in ("rank", "run", metric):
         table.add_column(col, justify="left" if col == "run" else "right")
-    for r in result.ranking:
-        table.add_row(str(r["rank"]), r["name"], fmt(r["score"]))
-    stdout_console().print(table)
-    stdout_console().print(f"sweep directory: {result.out}", soft_wrap=True)
+    for r in runs:
+        table.add_row(str(r.get("rank", "")), str(r.get("name", "")), fmt(r.get("score")))
+    return table

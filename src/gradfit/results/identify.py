@@ -80,5 +80,5 @@ def formula_warnings(model, source) -> list[str]:
     X = torch.cat([X for X, _ in parts])
     with torch.no_grad():
         pred, J = formula_jacobian(model, X)
-    theta = model.head.theta.detach().to("cpu", torch.float64)
-    return jacobian_warnings(model.parameter_names(), J, theta, pred)
+    theta = model.head.theta.detach().to("cpu", torch.float64)[model.head.varying_index.cpu()]  # (the varying ones, J's columns)
+    return jacobian_warnings(model.varying_names(), J, theta, pred)

@@ -5,7 +5,8 @@ the training rows of the run's row source (in memory, torchrun shards or a Parqu
 results/summary.py's sums, never the rows: the normal equations' co-moments, then the residuals' power
 sums, Durbin-Watson's sum and the HC meat matrices (a second pass, so HC2/HC3's leverages are
 available for streamed rows too). :func:`read_summary` turns the stored sums into statsmodels' numbers
-for any ``cov_type`` and ``alpha``, from the run directory alone.
+for any ``cov_type`` and ``alpha``, from the run directory alone. A formula model's summary (nonlinear
+least squares, bounds and fixed parameters) is results/formula_inference.py's, read through the same calls.
 
 The design is the model's in raw (original) units: one column per reported coefficient (the raw
 monomials of coefficients.json) and the intercept's column of ones first, as statsmodels'
@@ -14,6 +15,7 @@ monomials of coefficients.json) and the intercept's column of ones first, as sta
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -22,6 +24,7 @@ import torch
 
 from gradfit.errors import GradfitError
 from gradfit.models.features import polynomial_terms, term_name
+from gradfit.results.formula_inference import FORMULA_KIND, formula_prediction_intervals, formula_sums, read_formula_summary
 from gradfit.results.summary import COV_TYPES, GramSums, ResidualSums, Solution, finalize
 
 SUMMARY_NAME = "summary.json"
@@ -36,6 +39,8 @@ def summary_supported(cfg, model) -> Optional[str]:
     """None when the run gets a summary; else the reason it does not."""
     if cfg.loss.kind != "mse":
         return f"loss.kind is {cfg.loss.kind!r}; the summary is defined for mse"
+    if cfg.model.kind == "formula":
+        return None  # (nonlinear least squares: results/formula_inference.py)
     if not model.linear_in_parameters or "features" not in getattr(model, "spec", {}):
         return f"model.kind {cfg.model.kind!r} is not linear or polynomial"
     if model.spec.get("link") == "log":
@@ -71,15 +76,16 @@ def raw_design(terms: list[tuple[int, ...]], intercept: bool, X) -> np.ndarray:
 
 def _blocks(source, terms, intercept):
     """(A, y, w) of this rank's training rows in row order (w: a source's weights, or None)."""
-    for chunk in source.chunks("train"):
-        X, y = chunk[0], chunk[1]
-        w = chunk[2].to(torch.float64).cpu().numpy() if len(chunk) > 2 and chunk[2] is not None else None
+    for X, y, w in source.weighted_chunks("train"):  # (WLS as statsmodels' WLS(y, A, weights=w) with data.weights)
+        w = w.to(torch.float64).cpu().numpy() if w is not None else None
         yield raw_design(terms, intercept, X), y.to(torch.float64).cpu().numpy(), w
 
 
 def summary_sums(model, source) -> Optional[dict]:
     """summary.json's content: the sums of the training rows over every rank (three passes); None when
     the sums cannot be formed (every rank gets the same reduced sums, so the same answer)."""
+    if model.spec.get("kind") == FORMULA_KIND:
+        return formula_sums(model, source)
     try:
         with np.errstate(all="ignore"):  # (a row of leverage 1 makes HC2/HC3 infinite, as in statsmodels)
             return _summary_sums(model, source)
@@ -104,7 +110,8 @@ def _summary_sums(model, source) -> dict:
         res = res.reduce(gather, consecutive=True)
         if not final:
             sol = sol.refined(res)
-    return {"version": SUMMARY_VERSION, "terms": [list(e) for e in terms], **_dump(res)}
+    weighted = getattr(source, "weights", None) is not None  # (data.weights: statsmodels' WLS)
+    return {"version": SUMMARY_VERSION, "terms": [list(e) for e in terms], "weighted": weighted, **_dump(res)}
 
 
 def _dump(res: ResidualSums) -> dict:
@@ -130,7 +137,8 @@ def load_sums(stored: dict) -> ResidualSums:
     sol = Solution(
         names=tuple(s["names"]), intercept=s["intercept"], coef=a(s["coef"]), cov_unscaled=a(s["cov_unscaled"]),
         half=a(s["half"]), singular=a(s["singular"]), rank=int(s["rank"]), nobs=int(s["nobs"]),
-        sum_log_w=float(s["sum_log_w"]), tss_centered=float(s["tss_centered"]), tss_uncentered=float(s["tss_uncentered"]),
+        # (null: -inf, a row of weight 0, whose log-likelihood term statsmodels' WLS also makes -inf)
+        sum_log_w=float(s["sum_log_w"]) if s["sum_log_w"] is not None else -math.inf, tss_centered=float(s["tss_centered"]), tss_uncentered=float(s["tss_uncentered"]),
     )
     return ResidualSums(sol, power=a(r["power"]), dw=float(r["dw"]), first=r["first"], last=r["last"],
                         score=a(r["score"]), meat=a(r["meat"]))
@@ -146,14 +154,14 @@ def run_summary_path(run: Path) -> Path:
     if not p.is_file():
         raise SummaryError(
             f"{d} has no {SUMMARY_NAME}",
-            hint="the summary is written by 'gradfit train' for linear and polynomial models with loss mse; "
+            hint="the summary is written by 'gradfit train' for linear, polynomial and formula models with loss mse; "
             "retrain the run with this version (its metrics.json 'warnings' say why a summary was left out)",
         )
     return p
 
 
 def read_summary(run: Path, cov_type: str = "nonrobust", alpha: float = 0.05) -> dict:
-    """The summary of a run directory under SPEC.md's JSON keys (statsmodels' numbers), plus ``notes``."""
+    """The summary of a run directory under the JSON keys the README lists (statsmodels' numbers), plus ``notes``."""
     import json
 
     if cov_type not in COV_TYPES:
@@ -163,13 +171,33 @@ def read_summary(run: Path, cov_type: str = "nonrobust", alpha: float = 0.05) ->
     p = run_summary_path(run)
     try:
         stored = json.loads(p.read_text())
+        if stored.get("kind") == FORMULA_KIND:
+            if cov_type != "nonrobust":
+                raise SummaryError(f"--cov {cov_type} is for linear and polynomial runs; {run} is a formula model",
+                                   hint="leave --cov out: a formula model's covariance is the nonrobust (J'J)^-1 sigma^2")
+            return read_formula_summary(stored, alpha)
         res = load_sums(stored)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SummaryError(f"{p} cannot be read ({e})", hint="retrain the run; the file is written by 'gradfit train'") from None
     out = finalize(res, cov_type=cov_type, alpha=alpha)
     out["alpha"] = alpha
+    out["method"] = "WLS" if stored.get("weighted") else "OLS"  # (WLS: statsmodels' WLS(y, A, weights=w) numbers)
     out["notes"] = _notes(res, out)
     return out
+
+
+def short_summary(stored: Optional[dict]) -> Optional[dict]:
+    """The end-of-training lines' numbers from summary.json's content (None: no summary): linear and
+    polynomial runs r2, adj_r2, f_stat, f_pvalue; formula runs residual_sd, df_resid, aic, bic; both nobs."""
+    if stored is None:
+        return None
+    if stored.get("kind") == FORMULA_KIND:
+        out = read_formula_summary(stored, 0.05)
+        keys = ("model", "nobs", "df_resid", "residual_sd", "aic", "bic")
+    else:
+        out = finalize(load_sums(stored))
+        keys = ("nobs", "r2", "adj_r2", "f_stat", "f_pvalue")
+    return {k: out.get(k) for k in keys}
 
 
 def _notes(res: ResidualSums, out: dict) -> list[str]:
@@ -186,19 +214,49 @@ def _notes(res: ResidualSums, out: dict) -> list[str]:
 INTERVAL_COLUMNS = ("mean_se", "mean_ci_lower", "mean_ci_upper", "obs_ci_lower", "obs_ci_upper")
 
 
-def prediction_intervals(run: Path, X: torch.Tensor, level: float) -> dict:
+def prediction_intervals(run: Path, X: torch.Tensor, level: float, model=None) -> dict:
     """statsmodels' ``get_prediction(A).summary_frame(alpha=1 - level)`` columns for raw rows X (n, d).
 
     From summary.json alone: the OLS coefficients, (A'A)^+ (as B B') and the residual variance.
+    A formula model: the delta method on its autograd Jacobian (``model``, or the run's checkpoint).
+    A weighted fit (data.weights, WLS): (A'WA)^+, and the observation interval is that of a new row
+    of weight 1, statsmodels' default (its variance se^2 + scale / 1).
     """
     import json
-
-    from scipy import stats  # (imported here for start-up time)
 
     if not 0.0 < level < 1.0:
         raise SummaryError(f"--interval {level} is outside (0, 1)", hint="use e.g. --interval 0.95")
     p = run_summary_path(run)
     stored = json.loads(p.read_text())
+    if stored.get("kind") == FORMULA_KIND and model is None:  # (the delta method needs the formula: the run's checkpoint)
+        from gradfit.results.checkpoint import load_model  # (imported here for start-up time)
+
+        model = load_model(p.parent).model
+    return stored_intervals(stored, X, level, model, p)
+
+
+def confidence_band(stored: Optional[dict], model, level: float = 0.95):
+    """fit.png's band: grid (n, 1) -> (mean_ci_lower, mean_ci_upper), from summary.json's content
+    (``stored``, None: no band); None where the run has no summary."""
+    if stored is None:
+        return None
+
+    def band(grid):
+        try:
+            out = stored_intervals(stored, torch.as_tensor(grid, dtype=torch.float64), level, model, SUMMARY_NAME)
+        except SummaryError:  # (no residual degrees of freedom: no band)
+            return np.full(len(grid), np.nan), np.full(len(grid), np.nan)
+        return out["mean_ci_lower"], out["mean_ci_upper"]
+
+    return band
+
+
+def stored_intervals(stored: dict, X: torch.Tensor, level: float, model, p) -> dict:
+    """prediction_intervals from summary.json's content ``stored`` (read from ``p``)."""
+    from scipy import stats  # (imported here for start-up time)
+
+    if stored.get("kind") == FORMULA_KIND:
+        return formula_prediction_intervals(stored, model, X, level)
     res = load_sums(stored)
     sol = res.solution
     terms = [tuple(e) for e in stored["terms"]]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gradfit.results.formula_inference import read_formula_summary
 from gradfit.results.inference import SummaryError, load_sums, run_summary_path
 from gradfit.results.summary import finalize
 
@@ -21,7 +22,13 @@ def _load(run: Path) -> dict:
     import json
 
     p = run_summary_path(run)
-    res = load_sums(json.loads(p.read_text()))
+    stored = json.loads(p.read_text())
+    if stored.get("kind") == "formula":  # (a nonlinear fit: AIC/BIC side by side, never an F-test)
+        f = read_formula_summary(stored, 0.05)
+        return {"run": str(run), "names": list(stored["varying"]), "nobs": f["nobs"], "ssr": f["rss"], "df_resid": f["df_resid"],
+                "log_likelihood": f["log_likelihood"], "aic": f["aic"], "bic": f["bic"], "r2": None, "formula": True,
+                "tss": (stored.get("tss_centered", float("nan")), stored.get("tss_uncentered", float("nan")))}
+    res = load_sums(stored)
     out = finalize(res)
     sol = res.solution
     return {"run": str(run), "names": list(sol.names), "nobs": sol.nobs, "ssr": out["ssr"], "df_resid": out["df_resid"],
@@ -46,6 +53,9 @@ def compare_runs(run_a: Path, run_b: Path) -> dict:
     if not _same_rows(a, b):
         out["reason"] = (f"the runs were not fitted on the same rows ({a['nobs']} and {b['nobs']} rows, or different targets); "
                          "the F-test compares nested models on one set of rows")
+        return out
+    if a.get("formula") or b.get("formula"):
+        out["reason"] = "a formula (nonlinear) model is not a nested linear model: the F-test does not apply; compare AIC/BIC"
         return out
     small, big = (0, 1) if len(a["names"]) <= len(b["names"]) else (1, 0)
     r, f = (a, b)[small], (a, b)[big]

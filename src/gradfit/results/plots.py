@@ -86,14 +86,16 @@ def _power_of_ten(v: float, _pos=None) -> str:
     return "10" + str(e).translate(_SUPERSCRIPT) if abs(v / 10.0**e - 1) < 1e-9 else f"{v:g}"
 
 
-def _draw_fit(path, x, y, is_train, grid, grid_pred, resid, feature, target, title) -> None:
-    """One feature: data, fitted curve, and residuals below."""
+def _draw_fit(path, x, y, is_train, grid, grid_pred, resid, feature, target, title, band_lo=None, band_hi=None) -> None:
+    """One feature: data, fitted curve (its 95% confidence band shaded when given), and residuals below."""
     fig, (ax, axr) = _figure((7, 5.5), nrows=2, ncols=1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     dense = len(x) > 1000  # thousands of points: small marks, so that neither set hides the other
     ax.scatter(x[is_train], y[is_train], s=3 if dense else 10, alpha=0.4 if dense else 0.55, color="C0", label="train")
     if (~is_train).any():
         ax.scatter(x[~is_train], y[~is_train], s=4 if dense else 12, alpha=0.5 if dense else 0.8, color="C1",
                    marker="^", label="held out")
+    if band_lo is not None:
+        ax.fill_between(grid, band_lo, band_hi, color="0.5", alpha=0.3, lw=0, label="95% confidence band of the mean")
     ax.plot(grid, grid_pred, color="k", lw=1.8, label="fit")
     ax.set_ylabel(target)
     ax.set_title(title)
@@ -164,17 +166,19 @@ def loss_plot(path: Path, history, loss_name: str, title: str = "Loss per epoch"
                            "val": val, "loss_name": loss_name, "title": title, "best_epoch": best_epoch})
 
 
-def fit_plot(path: Path, x, y, is_train, predict, feature: str, target: str, title: str) -> None:
-    """One feature: data, fitted curve (``predict`` on a 400-point grid), and residuals below."""
+def fit_plot(path: Path, x, y, is_train, predict, feature: str, target: str, title: str, band=None) -> None:
+    """One feature: data, fitted curve (``predict`` on a 400-point grid), and residuals below.
+    ``band``: grid (400, 1) -> (lower, upper) of the mean's 95% confidence interval, shaded (results.inference)."""
     import numpy as np  # (imported here for start-up time)
 
     x = np.asarray(x)
     y = np.asarray(y)
     is_train = np.asarray(is_train, dtype=bool)
     grid = np.linspace(x.min(), x.max(), 400)
+    lo, hi = (np.asarray(v, dtype=np.float64) for v in band(grid[:, None])) if band is not None else (None, None)
     _submit("fit", path, {"x": x, "y": y, "is_train": is_train, "grid": grid,
                           "grid_pred": np.asarray(predict(grid[:, None])), "resid": y - predict(x[:, None]),
-                          "feature": feature, "target": target, "title": title})
+                          "feature": feature, "target": target, "title": title, "band_lo": lo, "band_hi": hi})
 
 
 def parity_plot(path: Path, y, pred, target: str, title: str) -> None:

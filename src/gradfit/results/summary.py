@@ -127,7 +127,11 @@ class GramSums:
         d = np.sqrt(np.diag(C))
         d[d == 0] = 1.0
         lam, V = np.linalg.eigh(C / d[:, None] / d[None, :])  # scaled: small columns keep their digits
-        root = np.sqrt(np.clip(lam, 0.0, None))[:, None] * V.T * d[None, :]
+        # Eigenvalues at rounding level (numpy's matrix_rank rule on the scaled co-moments) are 0: an
+        # exactly aliased column (x2 = 2 x1) then has no direction of its own, where the square root of
+        # its rounding noise (about 1e-8 of the largest singular value) would pass for one.
+        lam = np.where(lam > lam.max() * C.shape[0] * np.finfo(np.float64).eps, lam, 0.0)
+        root = np.sqrt(lam)[:, None] * V.T * d[None, :]
         return np.vstack([root, math.sqrt(self.sum_w) * self.mean[None, :]])
 
     def solve(self) -> "Solution":

@@ -306,3 +306,26 @@ def test_duplicate_column_names_are_named_without_pyarrow_internals(tmp_path, cl
         assert f"{tmp_path / name}: the column name 'x' occurs more than once in the header (3 columns)" in err
         assert "give every column its own name" in err
         assert "FieldRef" not in err and "__fragment_index" not in err and "x.1" not in err
+
+
+def test_an_interrupted_command_in_process_leaves_the_signals_as_they_were(tmp_path, monkeypatch):
+    """The console script ignores further signals while an abort is reported; run inside another
+    program (typer's CliRunner here) the command must not: that program, and every process it
+    starts afterwards, would inherit ignored SIGINT and SIGTERM."""
+    import signal
+
+    from typer.testing import CliRunner
+
+    from gradfit.cli import app
+    from gradfit.train import run as run_module
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "load_dataset", interrupted)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(small_config()))
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    r = CliRunner().invoke(app, ["train", str(cfg), "--out", str(tmp_path / "run")])
+    assert r.exit_code == 130 and "nothing was written" in flat(r.stderr), r.output
+    assert {s: signal.getsignal(s) for s in before} == before

@@ -28,6 +28,7 @@ def main() -> None:
         sys.stderr.write(f"aborted by {signal_name(exc)}: gradfit stopped while starting; nothing was done\n")
         sys.exit(130)
     common.GC_PAUSED = True
+    common.OWN_PROCESS = True
     cli.main()
 
 

@@ -87,13 +87,20 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+# True in the console script's process (gradfit.__main__.main), which ends with the command.
+OWN_PROCESS = False
+
+
 def ignore_signals() -> None:
     """An abort is under way: a further Ctrl-C or SIGTERM must not cut its message and exit code 130
     short (Python's default handler would end the process by SIGINT in the middle of exiting)."""
     import signal  # (imported here for start-up time)
     import threading  # (imported here for start-up time)
 
-    if threading.current_thread() is threading.main_thread():
+    # Only in a process of its own (the console script): a command run inside another program (typer's
+    # CliRunner, a test) must leave that program's signals as they were, and its children would inherit
+    # ignored ones.
+    if OWN_PROCESS and threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
 

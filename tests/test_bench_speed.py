@@ -68,3 +68,15 @@ def test_linear_pass_benchmark_runs_and_reports_each_way(capsys):
 
     if fastopt._fused is not None:
         assert "compiled kernel: built" in out and all("n/a" not in line for line in rows)
+
+
+def test_whole_run_benchmark_runs_and_prints_the_ratios(capsys):
+    """bench/whole_run.py at its tiny size: each process runs and the table has both ratios."""
+    pytest.importorskip("sklearn")
+    path = SPEED.parent / "whole_run.py"
+    spec = importlib.util.spec_from_file_location("bench_whole_run", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--tiny"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 2000x4 |")]
+    assert len(rows) == 1 and rows[0].count(" s |") == 4 and len(rows[0].split("|")) == 9

@@ -453,3 +453,27 @@ def test_adam_counts_steps_per_parameter_like_torch_optim():
         torch.testing.assert_close(p, q, rtol=0, atol=1e-12)
     ours, ref = (o.state_dict()["state"] for o in opts)
     assert [float(ours[i]["step"]) for i in ours] == [float(ref[i]["step"]) for i in ref] == [6, 4, 6, 6, 6, 6]
+
+
+@pytest.mark.parametrize("intercept", [True, False])
+@pytest.mark.parametrize("degree", [1, 3])
+def test_exact_check_from_the_design_in_hand_equals_the_chunked_passes(intercept, degree):
+    """results.exact.exact_fit's ``design`` path (whole-matrix products on the float64 training
+    design the run holds) against its chunked passes over the rows (the oracle, as torchrun and
+    streaming runs take it): the same least-squares fit to rounding."""
+    from gradfit.config.loading import config_from_dict
+    from gradfit.results.exact import exact_fit
+    from gradfit.train.run import prepare
+
+    raw = {"name": "t", "seed": 3, "dtype": "float64", "device": "cpu",
+           "data": {"synthetic": {"kind": "polynomial", "coefficients": [2, -1, 0.5, 0.25], "n_samples": 40_000,
+                                  "noise": 0.3, "x_range": [-2, 3]}, "split": {"val": 0.2}},
+           "model": {"kind": "polynomial", "degree": degree, "intercept": intercept}}
+    prep = prepare(config_from_dict(raw))
+    design = prep.training_design()
+    assert design is not None and design[0].shape[0] == prep.split.train.numel()
+    fast, slow = exact_fit(prep.model, prep.rows, design), exact_fit(prep.model, prep.rows)
+    torch.testing.assert_close(fast["coef"], slow["coef"], rtol=1e-11, atol=1e-13)
+    torch.testing.assert_close(fast["gram"], slow["gram"], rtol=1e-12, atol=1e-9)
+    assert fast["n"] == slow["n"] and fast["loss"] == pytest.approx(slow["loss"], rel=1e-11)
+    assert prepare(config_from_dict({**raw, "dtype": "float32"})).training_design() is None  # (float32: the rows again)

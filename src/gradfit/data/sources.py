@@ -123,7 +123,7 @@ class _RowsInMemory(ChunkedRows):
         idx = getattr(self.split, which)
         for i in range(0, idx.numel(), CHUNK_ROWS):
             rows = idx[i : i + CHUNK_ROWS]
-            yield self.X[rows], self.y[rows]
+            yield self.X.index_select(0, rows), self.y.index_select(0, rows)  # (2-5x X[rows]'s time on 2 cores)
 
     def weighted_chunks(self, which: str):
         if self.weights is None:
@@ -132,7 +132,7 @@ class _RowsInMemory(ChunkedRows):
         idx = getattr(self.split, which)
         for i in range(0, idx.numel(), CHUNK_ROWS):
             rows = idx[i : i + CHUNK_ROWS]
-            yield self.X[rows], self.y[rows], self.weights[rows]
+            yield self.X.index_select(0, rows), self.y.index_select(0, rows), self.weights.index_select(0, rows)
 
 
 class MemoryRows(_RowsInMemory):

@@ -91,7 +91,7 @@ class RegressionModel(Model):
         # numbers, row by row, as in one go).
         out = empty_design(n, self.features.n_terms, self.dtype, device, column_major=column_major)
         for i in range(0, n, DESIGN_CHUNK_ROWS):
-            chunk = X[i : i + DESIGN_CHUNK_ROWS] if rows is None else X[rows[i : i + DESIGN_CHUNK_ROWS]]
+            chunk = X[i : i + DESIGN_CHUNK_ROWS] if rows is None else X.index_select(0, rows[i : i + DESIGN_CHUNK_ROWS])
             out[i : i + DESIGN_CHUNK_ROWS] = self.features(chunk)
         return out
 

@@ -63,19 +63,31 @@ def gram(model, source: RowSource) -> tuple[torch.Tensor, torch.Tensor, int]:
     return source.sum(G), source.sum(c), int(source.sum(n))
 
 
-def exact_fit(model, source: RowSource) -> dict:
-    """{'loss': MSE of the least-squares fit on the training rows, in original units; 'coef'; 'gram'; 'n'}
-    for linear/polynomial models, over every rank's rows (three passes: normal equations, one
-    refinement, residuals)."""
-    G, c, n = gram(model, source)
-    # The design is centred and scaled, so its Gram matrix is well conditioned; eigh handles
-    # a singular one (collinear columns) with a pseudo-inverse.
+def _pinv_solver(G: torch.Tensor):
+    """x = G^+ rhs for the Gram matrix G. The design is centred and scaled, so G is well conditioned;
+    eigh handles a singular one (collinear columns) with a pseudo-inverse."""
     evals, evecs = torch.linalg.eigh(G)
     keep = evals > evals.max() * G.shape[0] * torch.finfo(torch.float64).eps
 
     def solve(rhs):
         return evecs[:, keep] @ ((evecs[:, keep].T @ rhs) / evals[keep])
 
+    return solve
+
+
+def exact_fit(model, source: RowSource, design: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> dict:
+    """{'loss': MSE of the least-squares fit on the training rows, in original units; 'coef'; 'gram'; 'n'}
+    for linear/polynomial models, over every rank's rows (three passes: normal equations, one
+    refinement, residuals).
+
+    ``design``: (Z, y), the float64 training design in hand (as the run trained on it, any layout)
+    and the raw targets of the same rows, for a source in one process without row weights: the
+    same sums from whole-matrix products, without gathering the rows and building their design
+    three times (0.1 s instead of 2-6 s at 1,000,000 x 32 on 2 cores)."""
+    if design is not None:
+        return _exact_fit_in_hand(model, *design)
+    G, c, n = gram(model, source)
+    solve = _pinv_solver(G)
     coef = solve(c)
     g = torch.zeros_like(c)
     for A, y, w in _weighted_rows(model, source):  # one refinement step against rounding in the normal equations
@@ -90,6 +102,33 @@ def exact_fit(model, source: RowSource) -> dict:
     # with row weights (WLS) the loss is the weighted mean, sum w r^2 / sum w, and rss the weighted sum
     sum_w = source.sum(sum_w)
     return {"loss": source.sum(rss) / (sum_w if sum_w > 0 else 1), "coef": coef, "gram": G, "n": n, "rss": source.sum(rss)}
+
+
+def _exact_fit_in_hand(model, Z: torch.Tensor, y: torch.Tensor) -> dict:
+    """``exact_fit`` from the float64 design Z (n, m) of the training rows and their targets y (n,)."""
+    intercept = bool(model.spec["intercept"])
+    Z, y = Z.to(torch.float64), y.to(device=Z.device, dtype=torch.float64)
+    n, m = Z.shape
+    G = Z.T @ Z
+    c = Z.T @ y
+    if intercept:  # (the column of ones last, as design_chunks puts it)
+        s = Z.sum(0)
+        G = torch.cat([torch.cat([G, s[:, None]], 1), torch.cat([s, s.new_tensor([float(n)])])[None, :]], 0)
+        c = torch.cat([c, y.sum()[None]])
+    G, c = G.cpu(), c.cpu()
+    solve = _pinv_solver(G)
+
+    def residuals(coef):  # y - A coef
+        coef = coef.to(Z.device)
+        return y - (Z @ coef[:m] + (coef[m] if intercept else 0.0))
+
+    coef = solve(c)
+    r = residuals(coef)
+    g = Z.T @ r
+    coef = coef + solve((torch.cat([g, r.sum()[None]]) if intercept else g).cpu())  # one refinement step
+    r = residuals(coef)
+    rss = float(r @ r)
+    return {"loss": rss / (n if n > 0 else 1), "coef": coef, "gram": G, "n": n, "rss": rss}
 
 
 def exact_least_squares(model, X: torch.Tensor, y: torch.Tensor, rows: Optional[torch.Tensor] = None,

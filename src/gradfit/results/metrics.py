@@ -152,5 +152,5 @@ def predict_rows(model: RegressionModel, X: torch.Tensor, rows: torch.Tensor, ch
         return model.predict(X[rows])
     out = torch.empty(rows.numel(), dtype=torch.float64)
     for i in range(0, rows.numel(), chunk):
-        out[i : i + chunk] = model.predict(X[rows[i : i + chunk]], batch_rows=chunk)
+        out[i : i + chunk] = model.predict(X.index_select(0, rows[i : i + chunk]), batch_rows=chunk)
     return out

@@ -201,6 +201,7 @@ class ResidualSums:
     last: Optional[float] = None
     score: np.ndarray = None  # (k,) A'W r
     meat: np.ndarray = None  # (3, k, k) sum g g' (w r)^2 / (1 - h)^j, g = B' x, j = 0, 1, 2 (HC0, HC2, HC3)
+    score_only: bool = False  # a refinement pass: only ``score`` is summed (the meat is most of a pass's cost)
 
     def __post_init__(self):
         k = len(self.solution.names)
@@ -216,6 +217,9 @@ class ResidualSums:
             return self
         sol = self.solution
         r = y - A @ sol.coef
+        if self.score_only:
+            self.score += A.T @ (w * r)
+            return self
         e = np.sqrt(w) * r  # statsmodels' wresid
         self.power += [e.size, e.sum(), e @ e, (e * e) @ e, (e * e) @ (e * e)]
         de = np.diff(e)
@@ -251,7 +255,7 @@ class ResidualSums:
 
     def reduce(self, gather: Callable[[object], list], consecutive: bool = False) -> "ResidualSums":
         """The sums over every rank (``gather``: e.g. ``Dist.gather``), merged in rank order."""
-        total = ResidualSums(self.solution)
+        total = ResidualSums(self.solution, score_only=self.score_only)
         for part in gather(self):
             total.merge(part, consecutive=consecutive)
         return total
@@ -267,7 +271,7 @@ def summary_from_chunks(chunks: Callable, names: Sequence[str], intercept: Optio
         gram.add(*block)
     sol = gram.solve()
     for _ in range(1):  # pass 2 refines the coefficients once; pass 3 is the summary's
-        res = ResidualSums(sol)
+        res = ResidualSums(sol, score_only=True)
         for block in chunks():
             res.add(*block)
         sol = sol.refined(res)

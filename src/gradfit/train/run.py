@@ -38,6 +38,7 @@ from gradfit.results.metrics import evaluate_sets, predict_rows, target_variance
 from gradfit.results.rundir import RUN_FILES, claim_run_dir, write_history, write_json, write_text
 from gradfit.results.splitfile import write_split
 from gradfit.results.uncertainty import standard_errors
+from gradfit.threads import prefetch
 from gradfit.train import resume as rs
 from gradfit.train import shards, streamed
 from gradfit.train.exact_route import solve_exact, uncertified_warnings
@@ -162,6 +163,8 @@ def train(
     split: Optional[Split] = None,
 ) -> RunResult:
     """Train the experiment and (with ``write``) write its run directory (``split``: see ``prepare``)."""
+    if cfg.loss.kind == "mse" and cfg.model.kind != "mlp":  # (the summary at the end needs scipy.stats)
+        prefetch("scipy.stats")
     starts = None
     if cfg.train.starts > 1:  # formula models: the best of N starts (train/starts.py), then the run from it
         cfg, starts = choose_start(cfg, lambda c: train(c, write=False, split=split))
@@ -395,7 +398,7 @@ def finish(prep: Prepared, result: TrainResult, run_dir: Optional[Path], exact_c
     if getattr(prep, "starts", None) is not None:
         metrics["starts"] = prep.starts
     mse = cfg.loss.kind == "mse"
-    fit = exact_fit(model, rows) if mse and model.linear_in_parameters and exact_check is None else None
+    fit = exact_fit(model, rows, prep.training_design()) if mse and model.linear_in_parameters and exact_check is None else None
     if exact_check is not None:
         metrics["exact"] = exact_check
     train_mse = sets["train"]["mse"]

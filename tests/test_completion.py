@@ -36,8 +36,15 @@ def test_bash_completes_commands_and_options():
     assert "--out" in _complete(["gradfit", "train", "--o"], 2)
 
 
-@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
-def test_completion_scripts_for_each_shell(shell, cli):
-    r = cli("--show-completion", shell)
+@pytest.mark.parametrize("shell, marker", [("bash", "complete -o default -F _gradfit_completion gradfit"),
+                                           ("zsh", "compdef _gradfit_completion gradfit"),
+                                           ("fish", "complete --command gradfit")])
+def test_completion_scripts_for_each_shell(shell, marker, cli, monkeypatch):
+    """--show-completion prints the script of the shell it runs in (typer detects it from the parent
+    processes, whatever follows the flag): each shell's script, with that detection pinned."""
+    import typer.completion
+
+    monkeypatch.setattr(typer.completion, "_get_shell_name", lambda: shell)
+    r = cli("--show-completion")
     assert r.exit_code == 0, (r.output, r.exception)
-    assert "_GRADFIT_COMPLETE" in r.stdout
+    assert "_GRADFIT_COMPLETE" in r.stdout and marker in r.stdout, r.stdout

@@ -257,6 +257,9 @@ def _signal_run(base: Path, phase: str, sig: int, times: int, delay: float, user
     deadline = time.monotonic() + 120
     while not mark.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
+    if not mark.exists():  # (the step was never reached: the signals below would prove nothing)
+        out_, err_ = proc.communicate(timeout=120)
+        raise AssertionError(f"{phase} was not reached (exit {proc.returncode}): {out_[-2000:]} {err_[-2000:]}")
     time.sleep(delay)
     for _ in range(times):
         proc.send_signal(sig)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -83,3 +84,10 @@ def table_config(data: dict, model: dict | None = None, *, epochs: int = 200, **
     }
     cfg.update(over)
     return cfg
+
+
+def sigint_default() -> None:
+    """``preexec_fn`` of a gradfit process that a test interrupts: SIGINT at its default action in the
+    child, as from a terminal. A test runner started in the background by a non-interactive shell
+    passes SIGINT down ignored, and Python then installs no KeyboardInterrupt handler at all."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import small_config
+from conftest import sigint_default, small_config
 from gradfit import files
 from gradfit.config.loading import load_config
 from gradfit.files import RUN_MARKER, WriteError
@@ -253,7 +253,7 @@ def _signal_run(base: Path, phase: str, sig: int, times: int, delay: float, user
     module, name = PHASES[phase]
     proc = subprocess.Popen([sys.executable, str(base / "wrap.py"), module, name, str(mark), str(hold), "train", str(cfg), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=base,
-                            env=dict(os.environ, COLUMNS="300"))
+                            env=dict(os.environ, COLUMNS="300"), preexec_fn=sigint_default)
     deadline = time.monotonic() + 120
     while not mark.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)

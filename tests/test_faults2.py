@@ -19,7 +19,7 @@ import pytest
 import typer
 import yaml
 
-from conftest import small_config
+from conftest import sigint_default, small_config
 from gradfit.cli.common import user_errors
 from gradfit.errors import Aborted, signal_name
 from gradfit.results.rundir import RUN_MARKER
@@ -51,6 +51,7 @@ def _start(tmp_path: Path, module: str, name: str, *args: str) -> tuple[subproce
     proc = subprocess.Popen(
         [sys.executable, str(tmp_path / "wrap.py"), module, name, str(mark), "train", str(tmp_path / "c.yaml"), *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=dict(os.environ, COLUMNS="300"),
+        preexec_fn=sigint_default,
     )
     deadline = time.monotonic() + 90
     while not mark.exists():

@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import small_config
+from conftest import sigint_default, small_config
 from gradfit.config.loading import config_from_dict
 from gradfit.errors import CheckpointError, ConfigError, DataError
 from gradfit.optim import first_order
@@ -285,7 +285,7 @@ def _start(tmp_path: Path, out: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "gradfit", "train", str(tmp_path / "long.yaml"), "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-        env=dict(os.environ, COLUMNS="200"),
+        env=dict(os.environ, COLUMNS="200"), preexec_fn=sigint_default,
     )
 
 

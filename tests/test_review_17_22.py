@@ -16,9 +16,9 @@ import pytest
 from conftest import CONFIGS, DATA, ROOT
 from gradfit.config.loading import config_from_dict
 from gradfit.train.run import train
+from test_tables import CARS_FORMULA, sm_name
 
 CARS = DATA / "used_cars.csv"
-CARS_FORMULA = "price_k ~ C(make) + C(fuel, Treatment('petrol')) + C(automatic) + days + mileage_km + power_kw"
 
 
 def gradfit(*args):
@@ -41,18 +41,6 @@ def with_days(d: pd.DataFrame) -> pd.DataFrame:
     d = d.copy()
     d["days"] = (pd.to_datetime(d["first_registered"]) - pd.Timestamp("1970-01-01")).dt.days.astype(float)
     return d
-
-
-def sm_name(name: str) -> str:
-    """gradfit's term name -> statsmodels' (the renaming README.md documents)."""
-    if name == "intercept":
-        return "Intercept"
-    if name == "first_registered[days]":
-        return "days"
-    for col, sm in (("make", "C(make)"), ("fuel", "C(fuel, Treatment('petrol'))"), ("automatic", "C(automatic)")):
-        if name.startswith(col + "["):
-            return sm + name[len(col):]
-    return name
 
 
 @pytest.fixture(scope="module")

@@ -21,10 +21,10 @@ import pytest
 import yaml
 
 sm = pytest.importorskip("statsmodels.api")
-from statsmodels.stats.stattools import durbin_watson, jarque_bera, omni_normtest  # noqa: E402
 
 from gradfit.config.loading import load_config  # noqa: E402
 from gradfit.train.run import train  # noqa: E402
+from test_summary_cli import statsmodels_summary  # noqa: E402
 
 posix = pytest.mark.skipif(sys.platform == "win32", reason="FIFOs and /dev/zero are POSIX")
 
@@ -54,21 +54,7 @@ def _frame(n=301, seed=4):
 
 def _reference(frame, cov_type):
     X = sm.add_constant(frame[["x1", "x2", "x3"]].to_numpy(float))
-    y = frame["y"].to_numpy(float)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        r = sm.OLS(y, X).fit(cov_type=cov_type)
-        jb, jb_p, skew, kurt = jarque_bera(r.resid)
-        omni, omni_p = omni_normtest(r.resid)
-    ref = dict(nobs=r.nobs, df_model=r.df_model, df_resid=r.df_resid, r2=r.rsquared, adj_r2=r.rsquared_adj, f_stat=r.fvalue,
-               f_pvalue=r.f_pvalue, log_likelihood=r.llf, aic=r.aic, bic=r.bic, omnibus=omni, omnibus_p=omni_p,
-               jarque_bera=jb, jarque_bera_p=jb_p, skew=skew, kurtosis=kurt, durbin_watson=durbin_watson(r.resid),
-               cond_no=r.condition_number)
-    ci = r.conf_int(0.05)
-    ref["coefficients"] = {n: dict(coef=r.params[i], std_err=r.bse[i], t=r.tvalues[i], p=r.pvalues[i],
-                                   ci_low=ci[i, 0], ci_high=ci[i, 1])
-                           for i, n in enumerate(["intercept", "x1", "x2", "x3"])}
-    return ref
+    return statsmodels_summary(frame["y"].to_numpy(float), X, ["intercept", "x1", "x2", "x3"], cov_type)
 
 
 def _summary(cli, run, cov):

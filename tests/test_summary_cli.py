@@ -68,7 +68,11 @@ def _reference(frame, degree, intercept, cov_type, alpha=0.05):
         names = names + [f"{names[0]}^2"]
     if intercept:
         A, names = np.column_stack([np.ones(len(A)), A]), ["intercept"] + names
-    y = frame["target"].to_numpy(float)
+    return statsmodels_summary(frame["target"].to_numpy(float), A, names, cov_type, alpha)
+
+
+def statsmodels_summary(y, A, names, cov_type, alpha=0.05) -> dict:
+    """Every number of gradfit's summary, as statsmodels' OLS(y, A).fit(cov_type) gives it (``names``: A's columns)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         r = sm.OLS(y, A).fit(cov_type=cov_type)

@@ -331,3 +331,26 @@ def test_a_rank_without_rows_trains_mini_batches_with_the_others(tmp_path):
         # Every row on rank 0, in the single-process order: the single process's run.
         assert two["train"]["mse"] == pytest.approx(one.metrics["train"]["mse"], rel=1e-9)
         assert two["val"]["mse"] == pytest.approx(one.metrics["val"]["mse"], rel=1e-9)
+
+
+@pytest.mark.parametrize("optimizer", [{"kind": "lbfgs"}, {"kind": "sgd", "lr": "auto"}], ids=["lbfgs", "sgd"])
+def test_the_gram_route_on_two_processes_gives_the_single_process_fit(tmp_path, optimizer):
+    """40,000 rows: full-batch training from the Gram matrix (models.gram), summed over the ranks once per
+    pass; the coefficients and the history are the single process's to 1e-10."""
+    linear_csv(tmp_path / "d.csv", n=40_000)
+    cfg = write_config(
+        tmp_path / "lin.yaml", name="lin", seed=3, device="cpu", dtype="float64",
+        data={"path": "d.csv", "split": {"val": 0.2, "test": 0.1}},
+        model={"kind": "linear"}, optimizer=optimizer, train={"epochs": 3000, "tol": 1e-12},
+    )
+    one = api.train(load_config(cfg), out=tmp_path / "one")
+    proc = torchrun("train", cfg, "--out", tmp_path / "two", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads(proc.stdout)
+    coef_two = json.loads((tmp_path / "two" / "coefficients.json").read_text())
+    np.testing.assert_allclose([coef_two["intercept"], *coef_two["coefficients"].values()],
+                               [one.coefficients["intercept"], *one.coefficients["coefficients"].values()], rtol=1e-10)
+    assert two["epochs"] == one.metrics["epochs"]
+    hist = pd.read_csv(tmp_path / "two" / "history.csv")
+    np.testing.assert_allclose(hist["train_loss"], [r.train_loss for r in one.result.history], rtol=1e-9)
+    np.testing.assert_allclose(hist["val_loss"], [r.val_loss for r in one.result.history], rtol=1e-9)

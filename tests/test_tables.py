@@ -258,3 +258,16 @@ def test_eval_takes_the_held_out_rows_from_split_csv(tmp_path):
     rows = cars_frame(tmp_path / "holes.csv")[(s.set == "val").to_numpy()]
     mse = float(np.mean((lm.predict(rows) - rows.price_k.to_numpy()) ** 2))
     assert evaluate(run).metrics["val"]["mse"] == pytest.approx(mse, rel=1e-10)
+
+
+@pytest.mark.parametrize("n", [0, 1, 9, 10, 11, 100, 101, 12345])
+def test_split_csv_bytes_equal_a_line_per_row(n):
+    """split.csv laid out by numpy is the text of one formatted line per row."""
+    import numpy as np
+
+    from gradfit.data.split import SET_NAMES
+    from gradfit.results.splitfile import split_csv_bytes
+
+    codes = np.random.default_rng(n).integers(0, len(SET_NAMES), n).astype(np.uint8)
+    want = "row,set\n" + "".join(f"{i},{SET_NAMES[c]}\n" for i, c in enumerate(codes.tolist()))
+    assert split_csv_bytes(codes) == want.encode()

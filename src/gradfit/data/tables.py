@@ -106,6 +106,11 @@ def frame_to_arrays(frame, feature_names: list[str], target: Optional[str], sour
 
     notes: list[str] = []
     cols = feature_names + ([target] if target is not None else [])
+    plain = [frame[c].to_numpy(copy=False) for c in cols if _plain_numbers(frame[c])]
+    if len(plain) == len(cols) and all(a.dtype.kind != "f" or np.isfinite(a).all() for a in plain):
+        # Plain numbers, none missing or infinite (the common case): straight into the arrays, with no
+        # frame of the used columns and no table of missing values made on the way (0.3 s at 1M x 32).
+        return *_fill(plain, len(feature_names), target is not None), notes
     # first_row: the file line of the frame's first row when it is a slice (one rank's share).
     first_data_line = first_row if first_row is not None else (2 if str(source).lower().endswith(".csv") else 1)
     for c in cols:
@@ -137,16 +142,12 @@ def frame_to_arrays(frame, feature_names: list[str], target: Optional[str], sour
             )
     # Column by column into the final arrays: no (n, k) intermediate copy (a 1 GB CSV's
     # peak stays near twice its used numbers; see bench/csv_memory.py).
-    d = len(feature_names)
-    X = np.empty((len(sub), d), dtype=np.float64)
-    y = np.empty(len(sub), dtype=np.float64) if target is not None else None
-    features = []
-    for j, c in enumerate(cols):
+    columns = []
+    for c in cols:
         # Plain numpy numbers as they are (a float32 or integer column is cast block by block below,
         # not held as a float64 copy meanwhile); pandas' nullable and other types as float64.
         s = sub[c]
-        plain = isinstance(s.dtype, np.dtype) and s.dtype.kind in "fiu"
-        col = s.to_numpy(copy=False) if plain else s.to_numpy(dtype=np.float64, copy=False)
+        col = s.to_numpy(copy=False) if _plain_numbers(s) else s.to_numpy(dtype=np.float64, copy=False)
         finite = np.isfinite(col)
         if not finite.all():
             r = int(np.argmin(finite))
@@ -155,17 +156,30 @@ def frame_to_arrays(frame, feature_names: list[str], target: Optional[str], sour
                 f"({int(col.size - finite.sum())} in that column)",
                 hint="remove or replace infinite values (or leave the column out of data.features)",
             )
-        if j < d:
-            features.append(col)
-        else:
-            y[:] = col
+        columns.append(col)
+    return *_fill(columns, len(feature_names), target is not None), notes
+
+
+def _plain_numbers(series) -> bool:
+    """A column of plain numpy numbers (float, int, unsigned; not bool, not pandas' nullable types)."""
+    return isinstance(series.dtype, np.dtype) and series.dtype.kind in "fiu"
+
+
+def _fill(columns: list, d: int, has_target: bool):
+    """(X (n, d) float64 row-major, y (n,) float64 or None) from the feature columns and the target's."""
+    n = len(columns[0]) if columns else 0
+    X = np.empty((n, d), dtype=np.float64)
+    y = np.empty(n, dtype=np.float64) if has_target else None
+    if has_target:
+        y[:] = columns[d]
+    features = columns[:d]
     # Into the row-major X a block of rows at a time: writing whole columns strides through all
     # of X once per column (0.69 s for 1,000,000 x 32; by blocks that stay in cache, 0.14 s).
-    for i in range(0, len(X), FILL_ROWS):
+    for i in range(0, n, FILL_ROWS):
         block = X[i : i + FILL_ROWS]
         for j, col in enumerate(features):
             block[:, j] = col[i : i + FILL_ROWS]
-    return X, y, notes
+    return X, y
 
 
 # ---------------------------------------------------------------- entry points

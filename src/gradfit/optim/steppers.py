@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from gradfit.data.batches import shuffled_batches
+from gradfit.models.gram import GramMSE
 from gradfit.models.heads import LinearHead
 from gradfit.models.passes import MLPMSE, LinearMSE
 from gradfit.parallel import SINGLE
@@ -37,6 +38,13 @@ class KindFacts:
 
 
 DEFAULT_TOL_WINDOW = 10
+# The Gram route (models.gram) costs n p^2 once and O(p^2) a step, a row pass n p: wider designs than
+# GRAM_MAX_COLUMNS train on the rows. So do small ones (fewer than GRAM_MIN_VALUES values, or fewer than
+# GRAM_MIN_ROWS_PER_COLUMN rows a column): a pass over them costs microseconds, and there the rows' own
+# landing point keeps NIST's certified digits as measured (bench/accuracy.py).
+GRAM_MAX_COLUMNS = 2048
+GRAM_MIN_VALUES = 1 << 16
+GRAM_MIN_ROWS_PER_COLUMN = 16
 KINDS = {
     "sgd": KindFacts(DEFAULT_TOL_WINDOW),
     "adam": KindFacts(DEFAULT_TOL_WINDOW),
@@ -60,6 +68,8 @@ def facts(kind: str) -> KindFacts:
 def monotone(head, loss_fn, optimizer) -> bool:
     """Plain gradient descent (no momentum) of a linear head on mse: full batch, its loss only goes down."""
     group = optimizer.param_groups[0] if getattr(optimizer, "param_groups", None) else {}
+    head = getattr(head, "module", head)  # (under DDP: the head it wraps; every rank then waits as one process)
+    loss_fn = getattr(loss_fn, "local", loss_fn)  # (parallel.Dist.wrap_loss: the mean over all ranks of this loss)
     return type(head) is LinearHead and loss_fn is torch.nn.functional.mse_loss and not group.get("momentum")
 
 
@@ -162,6 +172,34 @@ class FullBatchStep(_InMemory):
         loss_t = self.closure().detach()
         self.optimizer.step()
         return EpochOutcome(loss_t)
+
+
+class GramDescentStep(FullBatchStep):
+    """Plain full-batch gradient descent (sgd without momentum or weight decay) of a linear head on MSE
+    from the rows' Gram matrix: ``ahead(count)`` gives the next ``count`` epochs' losses in closed
+    form (models.gram.GramMSE.descent), for the loop to take many epochs at once."""
+
+    def __init__(self, head, loss_fn, optimizer, val, data, dist, closure, val_gram):
+        super().__init__(head, loss_fn, optimizer, val, data, dist, closure)
+        self.val_gram = val_gram
+
+    def ahead(self, count: int):
+        """(train losses, val losses or None, weights after epoch k as ``at(k)``) of the next ``count`` epochs."""
+        return self.closure.descent(float(self.optimizer.param_groups[0]["lr"]), count, self.val_gram)
+
+    def advance(self, at, k: int) -> None:
+        """Move the head to its weights after epoch k of the last ``ahead``."""
+        self.closure.set_weights(at(k))
+
+
+def _plain_descent(optimizer) -> bool:
+    """gradfit's SGD with no momentum, Nesterov or weight decay: theta -= lr * grad, nothing else."""
+    from gradfit.optim.first_order import SGD  # (imported here for start-up time)
+
+    if type(optimizer) is not SGD or len(optimizer.param_groups) != 1:
+        return False
+    group = optimizer.param_groups[0]
+    return not group["momentum"] and not group["weight_decay"] and not group["nesterov"]
 
 
 class MiniBatchStep(_InMemory):
@@ -300,14 +338,40 @@ def make_epoch_step(head, loss_fn, optimizer, rows: TrainRows, *, kind: str, bat
     return step
 
 
+def _gram_route(head, loss_fn, data, dist, kind: str, whole: bool) -> Optional[GramMSE]:
+    """The Gram closure for full-batch training of a linear head on MSE (None: train on the rows).
+
+    Levenberg-Marquardt keeps its own iteration on the rows; a design wider than GRAM_MAX_COLUMNS
+    or with fewer rows than columns, or whose Gram matrix is too ill-conditioned, keeps the rows."""
+    inner = getattr(head, "module", head)  # (under DDP: the head itself; its gradients come from the global sums)
+    local = getattr(loss_fn, "local", loss_fn)  # (over torchrun's ranks: the loss of which the run takes the global mean)
+    if kind == "lm" or not whole or not LinearMSE.applies(inner, local, data.Z):
+        return None
+    m = data.Z.shape[1] + int(inner.bias is not None)
+    n = dist.sum(int(data.Z.shape[0]))
+    if m > GRAM_MAX_COLUMNS or n < GRAM_MIN_ROWS_PER_COLUMN * m or n * m < GRAM_MIN_VALUES:
+        return None
+    gram = GramMSE(inner, data.Z, data.y, dist)
+    return gram if gram.usable else None
+
+
 def _choose(head, loss_fn, optimizer, rows, dist, val, *, kind, batch_size, n_all, full_batch, generator) -> EpochStep:
     data = rows.data
     if rows.streamed:
         return StreamedStep(head, loss_fn, optimizer, val, rows.source, batch_size, generator)
     whole = full_batch or facts(kind).whole_design
     closure = _autograd_closure(head, loss_fn, optimizer, data.Z, data.y)
-    # Linear head + MSE on the whole design: the same loss and gradient in one pass over it.
-    if not dist.enabled and whole and LinearMSE.applies(head, loss_fn, data.Z):
+    # Linear head + MSE on the whole design: the loss and gradient from the rows' Gram matrix (models.gram),
+    # or where that is too ill-conditioned (or the design too wide), in one pass over the rows each.
+    gram, val_gram = _gram_route(head, loss_fn, data, dist, kind, whole), None
+    if gram is not None:
+        closure = gram
+        if val is not None and data.Z_val is not None:
+            val_gram = GramMSE(getattr(head, "module", head), data.Z_val, data.y_val, dist, anchor=gram.optimum)
+            val = val_gram.loss
+        if kind == "sgd" and full_batch and _plain_descent(optimizer):
+            return GramDescentStep(head, loss_fn, optimizer, val, data, dist, closure, val_gram)
+    elif not dist.enabled and whole and LinearMSE.applies(head, loss_fn, data.Z):
         closure = LinearMSE(head, data.Z, data.y, remember=kind == "lbfgs")
     # An MLP (ReLU/tanh) with MSE: the same gradients as autograd's, without the graph (models.passes.MLPMSE).
     mlp_step = MLPMSE(head) if not dist.enabled and MLPMSE.applies(head, loss_fn, data.Z) else None

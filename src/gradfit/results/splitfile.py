@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gradfit.data.split import SET_NAMES
-from gradfit.files import atomic_path, write_text
+from gradfit.files import atomic_path, write_bytes
 
 SPLIT_CSV, SPLIT_PARQUET = "split.csv", "split.parquet"
 PARQUET_ROWS = 1_000_000  # (a CSV line per row of 10 million rows is 150 MB; Parquet keeps it a few MB)
@@ -31,10 +31,38 @@ def write_split(run_dir: Path, codes) -> Path:
         with atomic_path(path) as tmp:
             pq.write_table(table, str(tmp))
         return path
-    names = SET_NAMES
     path = run_dir / SPLIT_CSV
-    write_text(path, "row,set\n" + "".join(f"{i},{names[c]}\n" for i, c in enumerate(codes.tolist())))
+    write_bytes(path, split_csv_bytes(codes))
     return path
+
+
+def split_csv_bytes(codes) -> bytes:
+    """split.csv's bytes: ``row,set`` and a line ``i,NAME`` per row, made by numpy: each row's number in
+    digits and its ``,NAME\n`` side by side in a grid padded with NULs, which are dropped at the end (a
+    line per row formatted in Python took 0.8 s for 1,000,000 rows)."""
+    import numpy as np  # (imported here for start-up time)
+
+    codes = np.asarray(codes, dtype=np.int64)
+    n = codes.size
+    header = b"row,set\n"
+    if n == 0:
+        return header
+    places = len(str(n - 1))
+    names = [b"," + name.encode() + b"\n" for name in SET_NAMES]
+    wide = max(len(b) for b in names)
+    table = np.zeros((len(names), wide), dtype=np.uint8)
+    for c, name in enumerate(names):
+        table[c, : len(name)] = np.frombuffer(name, dtype=np.uint8)
+    grid = np.empty((n, places + wide), dtype=np.uint8)
+    value = np.arange(n, dtype=np.int64)
+    for k in range(places):  # the digits right-aligned; the places left of a number's first digit stay NUL
+        col = grid[:, places - 1 - k]
+        np.add(value % 10, 48, out=col, casting="unsafe")
+        if k:
+            col[: min(n, 10**k)] = 0
+        value //= 10
+    grid[:, places:] = table[codes]
+    return header + grid[grid != 0].tobytes()
 
 
 def read_split(run_dir: Path):

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
 from gradfit.models.weighted import weighted_loss
@@ -22,7 +23,7 @@ __all__ = ["Callbacks", "EpochRecord", "LoopSettings", "StartFrom", "StopState",
            "TrainRows", "fit"]
 
 
-@dataclass
+@dataclass(slots=True)
 class EpochRecord:
     epoch: int
     train_loss: float  # original units
@@ -119,6 +120,7 @@ def fit(head: torch.nn.Module, rows: TrainRows, loss_fn: Callable, optimizer, se
 
 
 def _fit(head, rows: TrainRows, loss_fn, optimizer, s: LoopSettings, cb: Callbacks, start: StartFrom) -> TrainResult:
+    t0 = time.perf_counter()  # (the Gram route's statistics, made here, are training time)
     step = make_epoch_step(head, loss_fn, optimizer, rows, kind=s.kind, batch_size=s.batch_size, generator=s.generator,
                            val_loss_fn=s.val_loss_fn)
     eps = torch.finfo(rows.data.Z.dtype).eps
@@ -130,15 +132,32 @@ def _fit(head, rows: TrainRows, loss_fn, optimizer, s: LoopSettings, cb: Callbac
                       window=step.tol_window, noise=noise, early_stopping=s.early_stopping)
     result = TrainResult()
     divergence = Divergence(s.lr)
-    t0 = time.perf_counter()
     if start.history:
         result.history = list(start.history)
         t0 -= start.history[-1].seconds
         divergence.last_finite = start.history[-1].train_loss
         rules.replay(start.history)
-    epoch = start.epoch
     head.train()
-    for epoch in range(start.epoch + 1, s.epochs + 1):
+    each = _epochs_ahead if getattr(step, "ahead", None) is not None and s.early_stopping is None else _epochs_each
+    epoch = each(step, rules, divergence, s, cb, result, t0, start.epoch)
+    return _ended(result, rules, cb, start, epoch, t0)
+
+
+def _ended(result: TrainResult, rules: StopRules, cb: Callbacks, start: StartFrom, epoch: int, t0: float) -> TrainResult:
+    if cb.on_end is not None and epoch > start.epoch:
+        cb.on_end(epoch)
+    rules.restore_best()
+    result.best_epoch = rules.st.best_epoch
+    result.epochs = epoch  # start.epoch when no epoch ran
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _epochs_each(step, rules: StopRules, divergence: Divergence, s: LoopSettings, cb: Callbacks, result: TrainResult,
+                 t0: float, done: int) -> int:
+    """The epochs one by one, after the ``done`` ones: the number of the last that ran."""
+    epoch = done
+    for epoch in range(done + 1, s.epochs + 1):
         out = step.run(cb.should_stop)
         if out.start_loss is not None:
             rules.first_loss(float(out.start_loss) * s.loss_scale)
@@ -164,10 +183,58 @@ def _fit(head, rows: TrainRows, loss_fn, optimizer, s: LoopSettings, cb: Callbac
         if cb.should_stop is not None and cb.should_stop():
             result.stop_reason = "interrupted"
             break
-    if cb.on_end is not None and epoch > start.epoch:
-        cb.on_end(epoch)
-    rules.restore_best()
-    result.best_epoch = rules.st.best_epoch
-    result.epochs = epoch  # start.epoch when no epoch ran
-    result.seconds = time.perf_counter() - t0
-    return result
+    return epoch
+
+
+# Epochs per block of plain descent taken at once (a block of 4096 costs about a millisecond: an
+# interrupt still stops within it).
+AHEAD_BLOCK = 4096
+
+
+def _epochs_ahead(step, rules: StopRules, divergence: Divergence, s: LoopSettings, cb: Callbacks, result: TrainResult,
+                  t0: float, epoch: int) -> int:
+    """The epochs of a step that gives its losses ahead (optim.steppers.GramDescentStep), block by block:
+    each block's losses in closed form, the rules over them at once (StopRules.tolerance_run), then the
+    records, the weights moved to the last epoch taken, the checkpoint and the interrupt as per epoch."""
+    each_epoch = not step.dist.enabled
+    while epoch < s.epochs:
+        count = min(AHEAD_BLOCK, s.epochs - epoch)
+        if s.checkpoint_every:  # (a block ends at each checkpoint epoch)
+            count = min(count, s.checkpoint_every - epoch % s.checkpoint_every)
+        began = time.perf_counter() - t0
+        train, val, at = step.ahead(count)
+        train = train * s.loss_scale
+        bad = np.flatnonzero(~np.isfinite(train))
+        finite = int(bad[0]) if bad.size else count
+        stop = rules.tolerance_run(train[:finite], commit=False)
+        used = stop + 1 if stop is not None else finite
+        took = time.perf_counter() - t0 - began
+        vals = [None] * used if val is None else (val[:used] * s.loss_scale).tolist()
+        interrupted = False
+        for k, loss_k, val_k in zip(range(used), train[:used].tolist(), vals):
+            rec = EpochRecord(epoch + k + 1, loss_k, val_k, s.lr, began + took * (k + 1) / count)
+            result.history.append(rec)
+            if cb.on_epoch is not None:
+                cb.on_epoch(rec)
+            # (asked after each epoch, as one by one; the epoch that meets the tolerance rule ends the run first.
+            # Over torchrun's ranks the question is a collective: asked once a block, at its end.)
+            if (cb.should_stop is not None and (stop is None or k < stop) and (each_epoch or k == used - 1)
+                    and cb.should_stop()):
+                used, stop, interrupted = k + 1, None, True
+                break
+        rules.tolerance_run(train[:used])  # the rules' memory up to the last epoch taken
+        if used:
+            step.advance(at, used)
+            divergence.last_finite = float(train[used - 1])
+        epoch += used
+        if not interrupted and stop is None and finite < count:
+            divergence.check(float(train[finite]), epoch + 1)  # (raises: the loss is not finite)
+        if s.checkpoint_every and cb.on_checkpoint is not None and epoch % s.checkpoint_every == 0:
+            cb.on_checkpoint(epoch)
+        if stop is not None:
+            result.stop_reason, result.converged = "tolerance", True
+            break
+        if interrupted:
+            result.stop_reason = "interrupted"
+            break
+    return epoch

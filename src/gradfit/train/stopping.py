@@ -150,6 +150,28 @@ class StopRules:
         st.calm = st.calm + 1 if not grad_progress and self._calm_change(st.prev_loss, train_loss) else 0
         st.prev_loss = train_loss
 
+    def tolerance_run(self, losses, commit: bool = True) -> Optional[int]:
+        """``tolerance`` for a run of epochs' train losses at once (plain descent: no gradient record): the
+        index of the first epoch at which the rule is met, or None; ``commit``: the memory is left as if each
+        epoch up to that one (or the last) had been taken in turn."""
+        import numpy as np  # (imported here for start-up time)
+
+        st = self.st
+        L = np.asarray(losses, dtype=np.float64)
+        if L.size == 0:
+            return None
+        prev = np.concatenate([[np.nan if st.prev_loss is None else st.prev_loss], L[:-1]])
+        with np.errstate(invalid="ignore"):  # (no previous loss: nan, never calm by change)
+            calm = (np.abs(prev - L) <= np.maximum(self.tol * np.abs(prev), st.loss_floor)) | (L <= self.noise)
+        idx = np.arange(L.size)
+        last_off = np.maximum.accumulate(np.where(calm, -1, idx))  # the last epoch that was not calm (-1: none)
+        count = idx - last_off + np.where(last_off < 0, st.calm, 0)
+        hit = np.flatnonzero(count >= self.window) if self.use_tol else np.empty(0, dtype=np.int64)
+        end = int(hit[0]) if hit.size else L.size - 1
+        if commit:
+            st.calm, st.prev_loss = int(count[end]), float(L[end])
+        return int(hit[0]) if hit.size else None
+
     def converged(self) -> bool:
         """The tolerance rule is met."""
         return self.use_tol and self.st.calm >= self.window

@@ -79,7 +79,7 @@ def measure(tmp: Path, n: int, d: int, rounds: int) -> dict:
         scripts[name] = [sys.executable, str(p), str(data)]
     env = dict(os.environ, MPLBACKEND="Agg")
     best: dict[str, float] = {}
-    for r in range(rounds):
+    for _ in range(rounds):
         out = Path(tempfile.mkdtemp(prefix=f"run_{n}x{d}_", dir=tmp)) / "run"  # (a fresh --out each time)
         cmds = {"gradfit": [sys.executable, "-m", "gradfit", "train", str(cfg), "--out", str(out), "--quiet"], **scripts}
         for name, cmd in cmds.items():

@@ -80,3 +80,15 @@ def test_whole_run_benchmark_runs_and_prints_the_ratios(capsys):
     assert mod.main(["--tiny"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 2000x4 |")]
     assert len(rows) == 1 and rows[0].count(" s |") == 4 and len(rows[0].split("|")) == 9
+
+
+def test_pass_counter_counts_reads_that_do_not_grow_with_the_epochs_on_the_gram_route():
+    """bench/passes.py at a small size: the streamed Gram run reads the file as often for 2 epochs as for 5,
+    the streamed run on the rows more often; the table has a row per run."""
+    out = subprocess.run([sys.executable, str(SPEED.parent / "passes.py"), "--rows", "100000", "--tiny"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in out.stdout.splitlines() if line.startswith("| streamed")]
+    reads = {(r[0], int(r[1])): int(r[2]) for r in rows}
+    assert reads[("streamed, Gram route", 2)] == reads[("streamed, Gram route", 5)]
+    assert reads[("streamed, on the rows", 5)] > reads[("streamed, on the rows", 2)]

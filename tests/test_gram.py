@@ -234,3 +234,28 @@ def test_sgd_epochs_cost_microseconds_on_the_gram_route(tmp_path):
     assert all(math.isfinite(r.train_loss) for r in h[-10:])
     assert run.metrics["converged"] is True or run.metrics["stop_reason"] == "max_epochs"
     assert run.metrics["exact"]["gap"] < 1e-9
+
+
+def test_plain_descent_that_diverges_names_its_epoch(tmp_path):
+    from gradfit.errors import TrainingError
+    from gradfit.train.run import train
+
+    with pytest.raises(TrainingError, match=r"training diverged: the loss became inf at epoch \d+"):
+        train(_cfg(tmp_path, {"kind": "sgd", "lr": 50.0}, 100_000), write=False)
+
+
+def test_checkpoints_of_plain_descent_resume_to_the_same_weights(tmp_path):
+    """Blocks end at each checkpoint: a run resumed from one continues as the one never stopped."""
+    from gradfit.train import run as api
+
+    cfg = _cfg(tmp_path, {"kind": "sgd", "lr": 0.01}, 3000, checkpoint_every=1000)
+    straight = api.train(cfg, out=tmp_path / "straight")
+    seen = []
+    api.train(cfg, out=tmp_path / "stopped", on_epoch=lambda rec: seen.append(rec.epoch),
+              should_stop=lambda: len(seen) >= 1000)
+    resumed = api.resume(tmp_path / "stopped")
+    assert resumed.metrics["epochs"] == 3000
+    assert _coef(resumed) == pytest.approx(_coef(straight), rel=1e-12, abs=1e-12)
+    a = [r.train_loss for r in straight.result.history]
+    b = [r.train_loss for r in resumed.result.history]
+    assert b == pytest.approx(a, rel=1e-12)

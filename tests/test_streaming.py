@@ -178,3 +178,29 @@ def test_row_sets_are_a_pure_function_of_seed_and_row():
     assert abs((a == streaming.VAL).mean() - 0.2) < 0.005
     assert abs((a == streaming.TEST).mean() - 0.1) < 0.005
     assert (streaming.row_sets(8, rows, 0.2, 0.1) != a).mean() > 0.2  # another seed, another split
+
+
+def test_full_batch_streaming_reads_the_file_a_fixed_number_of_times_on_the_gram_route(tmp_path, monkeypatch):
+    """40,000 rows x 3 (the Gram route's size): the statistics, their refinement and the results read the
+    file; the epochs do not. The coefficients are the in-memory run's."""
+    path = tmp_path / "d.parquet"
+    write_parquet(path, n=40_000)
+    reads = []
+    real = streaming.StreamRows._slices
+
+    def counted(self, *a, **k):
+        reads.append(1)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(streaming.StreamRows, "_slices", counted)
+    counts = {}
+    for epochs in (25, 2500):
+        over = {"train": {"epochs": epochs, "tol": 0.0}}
+        mem = api.train(config(path, **over), write=False)
+        reads.clear()
+        st = api.train(config(path, data={"streaming": True}, **over), write=False)
+        counts[epochs] = len(reads)
+        assert st.metrics["epochs"] == mem.metrics["epochs"] == epochs
+        np.testing.assert_allclose(coefs(st), coefs(mem), rtol=1e-10)
+        assert [r.train_loss for r in st.result.history] == pytest.approx([r.train_loss for r in mem.result.history], rel=1e-10)
+    assert counts[25] == counts[2500] <= 16, counts

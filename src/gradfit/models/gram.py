@@ -24,7 +24,7 @@ G and once per refinement pass: never once per step.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -51,12 +51,20 @@ def _blocks(Z: torch.Tensor, y: torch.Tensor, block: int = BLOCK_ROWS):
 
 
 class RowSums:
-    """G = A'A and the statistics at a point theta0: r0'r0, q = A'r0 (A = [Z, 1] with a bias), all in float64."""
+    """G = A'A and the statistics at a point theta0: r0'r0, q = A'r0 (A = [Z, 1] with a bias), all in float64.
 
-    def __init__(self, Z: torch.Tensor, y: torch.Tensor, intercept: bool, dist=SINGLE):
-        self.Z, self.y, self.intercept, self.dist = Z, y, intercept, dist
-        self.n = int(dist.sum(int(Z.shape[0])))
-        self.passes = 0  # reads of the rows (the pass counter of bench/whole_run.py)
+    The rows come from ``blocks()``, called once per pass: (Z_b, y_b) float64 blocks of this rank's rows
+    (default: of the tensors Z, y; a Parquet stream gives its own, read from disk each pass)."""
+
+    def __init__(self, Z: Optional[torch.Tensor], y: Optional[torch.Tensor], intercept: bool, dist=SINGLE, *,
+                 blocks: Optional[Callable[[], Iterable]] = None, m: Optional[int] = None, n: Optional[int] = None,
+                 device=None):
+        self.intercept, self.dist = intercept, dist
+        self.blocks = blocks if blocks is not None else (lambda: _blocks(Z, y))
+        self.m = int(Z.shape[1]) if m is None else int(m)
+        self.device = Z.device if device is None else device
+        self.n = int(dist.sum(int(Z.shape[0]))) if n is None else int(n)
+        self.passes = 0  # reads of the rows (the pass counter of bench/passes.py)
 
     def _residual(self, Zb, yb, theta):
         m = Zb.shape[1]
@@ -65,15 +73,16 @@ class RowSums:
 
     def gram(self, theta: Optional[torch.Tensor] = None):
         """(G, A'y, y'y), and with ``theta`` also (r'r, A'r) at it, from one pass over the rows."""
-        m = self.Z.shape[1]
+        m, dev = self.m, self.device
         k = m + int(self.intercept)
-        dev = self.Z.device
         G = torch.zeros(k, k, dtype=torch.float64, device=dev)
         c = torch.zeros(k, dtype=torch.float64, device=dev)
         yy = torch.zeros((), dtype=torch.float64, device=dev)
         q = torch.zeros(k, dtype=torch.float64, device=dev)
         rr = torch.zeros((), dtype=torch.float64, device=dev)
-        for Zb, yb in _blocks(self.Z, self.y):
+        rows = 0
+        for Zb, yb in self.blocks():
+            rows += Zb.shape[0]
             G[:m, :m].addmm_(Zb.T, Zb)
             c[:m].addmv_(Zb.T, yb)
             yy += yb @ yb
@@ -89,7 +98,7 @@ class RowSums:
                 rr += r @ r
         if self.intercept:
             G[m, :m] = G[:m, m]
-            G[m, m] = float(self.Z.shape[0])  # (this rank's rows: summed with the rest below)
+            G[m, m] = float(rows)  # (this rank's rows: summed with the rest below)
         self.passes += 1
         packed = self.dist.sum(torch.cat([G.reshape(-1), c, yy[None], q, rr[None]]).cpu())  # one all-reduce
         G, rest = packed[: k * k].reshape(k, k), packed[k * k :]
@@ -97,11 +106,11 @@ class RowSums:
 
     def at(self, theta: torch.Tensor):
         """(r'r, A'r) at theta, from one pass over the rows."""
-        m = self.Z.shape[1]
+        m = self.m
         k = m + int(self.intercept)
-        q = torch.zeros(k, dtype=torch.float64, device=self.Z.device)
-        rr = torch.zeros((), dtype=torch.float64, device=self.Z.device)
-        for Zb, yb in _blocks(self.Z, self.y):
+        q = torch.zeros(k, dtype=torch.float64, device=self.device)
+        rr = torch.zeros((), dtype=torch.float64, device=self.device)
+        for Zb, yb in self.blocks():
             r = self._residual(Zb, yb, theta)
             q[:m].addmv_(Zb.T, r)
             if self.intercept:
@@ -142,7 +151,8 @@ class GramMSE:
         self.sums = sums or RowSums(Z, y, self.intercept, dist)
         self.n = self.sums.n
         if anchor is None:
-            G, c, _, _, _ = self.sums.gram()
+            G, c, yy, _, _ = self.sums.gram()
+            self.yy = float(yy)
             solve, self.condition = _solver(G)
             theta = solve(c)
             eps = torch.finfo(torch.float64).eps
@@ -156,10 +166,15 @@ class GramMSE:
                     break
         else:
             theta = anchor.to(torch.float64).cpu()
-            G, _, _, q, rr = self.sums.gram(theta)
+            G, _, yy, q, rr = self.sums.gram(theta)
+            self.yy = float(yy)
             self.condition = math.nan  # (not asked: the training rows' G decides the route)
         self.G, self.theta0, self.q, self.rr = G, theta, q, float(rr)
         self._prepare_small()
+
+    def target_sums(self) -> tuple[float, int]:
+        """y'y and the row count (over every rank), as the loop's noise rule asks them (EpochStep.target_sums)."""
+        return self.yy, self.n
 
     @property
     def usable(self) -> bool:

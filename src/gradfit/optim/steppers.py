@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from gradfit.data.batches import shuffled_batches
-from gradfit.models.gram import GramMSE
+from gradfit.models.gram import GramMSE, RowSums
 from gradfit.models.heads import LinearHead
 from gradfit.models.passes import MLPMSE, LinearMSE
 from gradfit.parallel import SINGLE
@@ -154,6 +154,9 @@ class _InMemory(EpochStep):
         self.data, self.dist = data, dist
 
     def target_sums(self) -> Optional[tuple[float, int]]:
+        gram = getattr(self, "closure", None)
+        if isinstance(gram, GramMSE):  # (the sums are at hand: streamed rows too)
+            return gram.target_sums()
         y = self.data.y
         sq, count = float(torch.linalg.vector_norm(y, dtype=torch.float64)) ** 2, int(y.numel())
         if self.dist.enabled:  # every rank: the sums over all rows
@@ -327,7 +330,8 @@ def make_epoch_step(head, loss_fn, optimizer, rows: TrainRows, *, kind: str, bat
     data = rows.data
     dist = rows.dist
     n = data.Z.shape[0]
-    n_all = dist.sum(n)  # rows over all ranks: every rank takes the same branch
+    # rows over all ranks: every rank takes the same branch (streamed: counted by the stream's first pass)
+    n_all = rows.source.count("train") if rows.streamed else dist.sum(n)
     full_batch = batch_size is None or batch_size >= n_all
     val = _validation(head, val_loss_fn or loss_fn, rows, dist)
     kf = facts(kind)
@@ -338,37 +342,60 @@ def make_epoch_step(head, loss_fn, optimizer, rows: TrainRows, *, kind: str, bat
     return step
 
 
-def _gram_route(head, loss_fn, data, dist, kind: str, whole: bool) -> Optional[GramMSE]:
+def _gram_route(head, loss_fn, rows, dist, kind: str, whole: bool) -> Optional[GramMSE]:
     """The Gram closure for full-batch training of a linear head on MSE (None: train on the rows).
 
     Levenberg-Marquardt keeps its own iteration on the rows; a design wider than GRAM_MAX_COLUMNS
-    or with fewer rows than columns, or whose Gram matrix is too ill-conditioned, keeps the rows."""
+    or with fewer rows than columns, or whose Gram matrix is too ill-conditioned, keeps the rows.
+    Streamed rows (a Parquet file read each pass) take it on the same terms: the file is then read for
+    the statistics and their refinement, not once an epoch."""
     inner = getattr(head, "module", head)  # (under DDP: the head itself; its gradients come from the global sums)
     local = getattr(loss_fn, "local", loss_fn)  # (over torchrun's ranks: the loss of which the run takes the global mean)
+    data = rows.data
     if kind == "lm" or not whole or not LinearMSE.applies(inner, local, data.Z):
         return None
     m = data.Z.shape[1] + int(inner.bias is not None)
-    n = dist.sum(int(data.Z.shape[0]))
+    n = rows.source.count("train") if rows.streamed else dist.sum(int(data.Z.shape[0]))
     if m > GRAM_MAX_COLUMNS or n < GRAM_MIN_ROWS_PER_COLUMN * m or n * m < GRAM_MIN_VALUES:
         return None
-    gram = GramMSE(inner, data.Z, data.y, dist)
+    if rows.streamed:
+        gram = GramMSE(inner, None, None, sums=_stream_sums(rows.source, "train", inner))
+    else:
+        gram = GramMSE(inner, data.Z, data.y, dist)
     return gram if gram.usable else None
+
+
+def _stream_sums(stream, which: str, head) -> RowSums:
+    """The RowSums of a Parquet stream's rows of one set, their design made slice by slice as it trains on them."""
+    from gradfit.data.stream import TRAIN, VAL  # (imported here for start-up time)
+
+    code = {"train": TRAIN, "val": VAL}[which]
+
+    def blocks():
+        for X, y in stream.rows_of(code):
+            Z, t = stream._design(X, y)
+            yield Z.to(torch.float64), t.to(torch.float64)
+
+    return RowSums(None, None, head.bias is not None, stream.dist, blocks=blocks, m=head.weight.shape[0],
+                   n=stream.count(which), device=head.weight.device)
 
 
 def _choose(head, loss_fn, optimizer, rows, dist, val, *, kind, batch_size, n_all, full_batch, generator) -> EpochStep:
     data = rows.data
-    if rows.streamed:
-        return StreamedStep(head, loss_fn, optimizer, val, rows.source, batch_size, generator)
     whole = full_batch or facts(kind).whole_design
-    closure = _autograd_closure(head, loss_fn, optimizer, data.Z, data.y)
     # Linear head + MSE on the whole design: the loss and gradient from the rows' Gram matrix (models.gram),
     # or where that is too ill-conditioned (or the design too wide), in one pass over the rows each.
-    gram, val_gram = _gram_route(head, loss_fn, data, dist, kind, whole), None
+    gram = _gram_route(head, loss_fn, rows, dist, kind, whole)
+    if rows.streamed and gram is None:
+        return StreamedStep(head, loss_fn, optimizer, val, rows.source, batch_size, generator)
+    closure = gram or _autograd_closure(head, loss_fn, optimizer, data.Z, data.y)
     if gram is not None:
-        closure = gram
-        if val is not None and data.Z_val is not None:
-            val_gram = GramMSE(getattr(head, "module", head), data.Z_val, data.y_val, dist, anchor=gram.optimum)
-            val = val_gram.loss
+        val_gram, inner = None, getattr(head, "module", head)
+        if val is not None and rows.streamed:
+            val_gram = GramMSE(inner, None, None, sums=_stream_sums(rows.source, "val", inner), anchor=gram.optimum)
+        elif val is not None and data.Z_val is not None:
+            val_gram = GramMSE(inner, data.Z_val, data.y_val, dist, anchor=gram.optimum)
+        val = val_gram.loss if val_gram is not None else val
         if kind == "sgd" and full_batch and _plain_descent(optimizer):
             return GramDescentStep(head, loss_fn, optimizer, val, data, dist, closure, val_gram)
     elif not dist.enabled and whole and LinearMSE.applies(head, loss_fn, data.Z):

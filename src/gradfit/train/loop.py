@@ -210,18 +210,20 @@ def _epochs_ahead(step, rules: StopRules, divergence: Divergence, s: LoopSetting
         used = stop + 1 if stop is not None else finite
         took = time.perf_counter() - t0 - began
         vals = [None] * used if val is None else (val[:used] * s.loss_scale).tolist()
+        times = (began + took / count * np.arange(1, used + 1)).tolist()
+        recs = list(map(EpochRecord, range(epoch + 1, epoch + used + 1), train[:used].tolist(), vals, [s.lr] * used, times))
         interrupted = False
-        for k, loss_k, val_k in zip(range(used), train[:used].tolist(), vals):
-            rec = EpochRecord(epoch + k + 1, loss_k, val_k, s.lr, began + took * (k + 1) / count)
-            result.history.append(rec)
-            if cb.on_epoch is not None:
-                cb.on_epoch(rec)
-            # (asked after each epoch, as one by one; the epoch that meets the tolerance rule ends the run first.
-            # Over torchrun's ranks the question is a collective: asked once a block, at its end.)
-            if (cb.should_stop is not None and (stop is None or k < stop) and (each_epoch or k == used - 1)
-                    and cb.should_stop()):
+        on_epoch, should_stop = cb.on_epoch, cb.should_stop
+        last_asked = used - 1 if stop is None else min(stop - 1, used - 1)  # (the tolerance epoch ends the run first)
+        for k, rec in enumerate(recs):
+            if on_epoch is not None:
+                on_epoch(rec)
+            # (asked after each epoch, as one by one; over torchrun's ranks the question is a collective:
+            # asked once a block, at its end)
+            if should_stop is not None and k <= last_asked and (each_epoch or k == used - 1) and should_stop():
                 used, stop, interrupted = k + 1, None, True
                 break
+        result.history.extend(recs[:used])
         rules.tolerance_run(train[:used])  # the rules' memory up to the last epoch taken
         if used:
             step.advance(at, used)

@@ -31,18 +31,19 @@ import torch
 
 from gradfit.parallel import SINGLE
 
-# Rows per block of the float64 passes: a float32 design is upcast block by block (no float64
-# copy of the whole design), a block of 64 columns being 16 MiB.
-BLOCK_ROWS = 1 << 15
+# Bytes of float64 design per block of the passes: a float32 design is upcast block by block (no
+# float64 copy of the whole design).
+BLOCK_BYTES = 16 << 20
 # The Gram matrix's condition number above which its solutions lose more than about 3 digits
 # short of what the rows give (float64: eps 2.2e-16): such a design trains on the rows.
 MAX_CONDITION = 1e12
 REFINE_PASSES = 4  # at most, after the solve (two suffice on a well-conditioned design)
 
 
-def _blocks(Z: torch.Tensor, y: torch.Tensor, block: int = BLOCK_ROWS):
+def _blocks(Z: torch.Tensor, y: torch.Tensor, block: Optional[int] = None):
     """(Z_b, y_b) in float64, block by block (the whole of them at once when already float64)."""
     n = Z.shape[0]
+    block = block or max(1024, BLOCK_BYTES // (8 * max(1, Z.shape[1])))
     if Z.dtype == torch.float64 and y.dtype == torch.float64:
         yield Z, y
         return
@@ -252,6 +253,9 @@ class GramMSE:
             # records it; its validation loss after its step
             train = np.maximum(0.0, (base + (U[:-1] * U[:-1]) @ lam) / n)
             vals = None if val is None else val._along(self._t0 + dstar, V, U[1:])
+            # in the head's dtype, as the epochs one by one give them: a float32 run's loss overflows at 3.4e38
+            train = train.astype(_NUMPY[self.dtype]).astype(np.float64)
+            vals = None if vals is None else vals.astype(_NUMPY[self.dtype]).astype(np.float64)
 
         def at(k: int) -> np.ndarray:
             return self._t0 + dstar + V @ U[k]
@@ -260,12 +264,15 @@ class GramMSE:
 
     def _along(self, point: np.ndarray, V: np.ndarray, U: np.ndarray) -> np.ndarray:
         """This quadratic's values at point + V u for each row u of U (the training trajectory, on these rows)."""
-        c = point - self._t0
-        Gc = self._G @ c
-        M = V.T @ self._G @ V
-        lin = 2.0 * (V.T @ (Gc - self._q))
+        cached = getattr(self, "_along_cache", None)
+        if cached is None or cached[0] is not V:  # (the same for every block of a run: made once)
+            c = point - self._t0
+            Gc = self._G @ c
+            self._along_cache = (V, V.T @ self._G @ V, 2.0 * (V.T @ (Gc - self._q)),
+                                 self.rr - 2.0 * float(c @ self._q) + float(c @ Gc))
+        _, M, lin, const = self._along_cache
         quad = np.einsum("ij,ij->i", U @ M, U)
-        return np.maximum(0.0, (self.rr - 2.0 * float(c @ self._q) + float(c @ Gc) + U @ lin + quad) / max(1, self.n))
+        return np.maximum(0.0, (const + U @ lin + quad) / max(1, self.n))
 
     def set_weights(self, theta: np.ndarray) -> None:
         """Put ``theta`` (weight, then the bias) into the head."""

@@ -48,7 +48,8 @@ def noise_level(target_sums: Optional[tuple[float, int]], eps: float, loss_power
     on for 1700 epochs after reaching the answer, into one of Adam's late spikes). Residuals are
     resolved to about eps of the target's size (its RMS in training units: 1 when standardized), so
     an epoch whose loss is below that power of it (in the loss's units) is calm: nothing left to fit.
-    Streamed rows: the target's size is not at hand (``target_sums`` None), and the rule stays off.
+    Streamed rows trained on the rows: the target's size is not at hand (``target_sums`` None), and the
+    rule stays off (on the Gram route, models.gram, the sums give it).
     """
     if target_sums is None:
         return 0.0

@@ -67,10 +67,15 @@ class RowSums:
         self.n = int(dist.sum(int(Z.shape[0]))) if n is None else int(n)
         self.passes = 0  # reads of the rows (the pass counter of bench/passes.py)
 
-    def _residual(self, Zb, yb, theta):
+    def _fold_residuals(self, Zb, yb, theta, q, rr) -> None:
+        """Add a block's A'r into q and r'r into rr (in place), r = y - A theta."""
         m = Zb.shape[1]
         r = yb - Zb @ theta[:m].to(Zb.device)
-        return r - theta[m].to(Zb.device) if self.intercept else r
+        if self.intercept:
+            r = r - theta[m].to(Zb.device)
+            q[m] += r.sum()
+        q[:m].addmv_(Zb.T, r)
+        rr += r @ r
 
     def gram(self, theta: Optional[torch.Tensor] = None):
         """(G, A'y, y'y), and with ``theta`` also (r'r, A'r) at it, from one pass over the rows."""
@@ -92,11 +97,7 @@ class RowSums:
                 G[:m, m] += s
                 c[m] += yb.sum()
             if theta is not None:
-                r = self._residual(Zb, yb, theta)
-                q[:m].addmv_(Zb.T, r)
-                if self.intercept:
-                    q[m] += r.sum()
-                rr += r @ r
+                self._fold_residuals(Zb, yb, theta, q, rr)
         if self.intercept:
             G[m, :m] = G[:m, m]
             G[m, m] = float(rows)  # (this rank's rows: summed with the rest below)
@@ -112,17 +113,13 @@ class RowSums:
         q = torch.zeros(k, dtype=torch.float64, device=self.device)
         rr = torch.zeros((), dtype=torch.float64, device=self.device)
         for Zb, yb in self.blocks():
-            r = self._residual(Zb, yb, theta)
-            q[:m].addmv_(Zb.T, r)
-            if self.intercept:
-                q[m] += r.sum()
-            rr += r @ r
+            self._fold_residuals(Zb, yb, theta, q, rr)
         self.passes += 1
         packed = self.dist.sum(torch.cat([q, rr[None]]).cpu())
         return packed[-1], packed[:-1]
 
 
-def _solver(G: torch.Tensor):
+def pinv_solver(G: torch.Tensor):
     """(x = G^+ rhs, the condition number of G): eigh, with a pseudo-inverse for a singular G
     (collinear columns; its condition number is then infinite)."""
     evals, evecs = torch.linalg.eigh(G)
@@ -154,7 +151,7 @@ class GramMSE:
         if anchor is None:
             G, c, yy, _, _ = self.sums.gram()
             self.yy = float(yy)
-            solve, self.condition = _solver(G)
+            solve, self.condition = pinv_solver(G)
             theta = solve(c)
             eps = torch.finfo(torch.float64).eps
             for _ in range(REFINE_PASSES):

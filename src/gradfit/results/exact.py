@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Optional
 import torch
 
 from gradfit.data.sources import MemoryRows
+from gradfit.models.gram import pinv_solver
 
 if TYPE_CHECKING:  # pragma: no cover
     from gradfit.data.sources import RowSource
@@ -63,18 +64,6 @@ def gram(model, source: RowSource) -> tuple[torch.Tensor, torch.Tensor, int]:
     return source.sum(G), source.sum(c), int(source.sum(n))
 
 
-def _pinv_solver(G: torch.Tensor):
-    """x = G^+ rhs for the Gram matrix G. The design is centred and scaled, so G is well conditioned;
-    eigh handles a singular one (collinear columns) with a pseudo-inverse."""
-    evals, evecs = torch.linalg.eigh(G)
-    keep = evals > evals.max() * G.shape[0] * torch.finfo(torch.float64).eps
-
-    def solve(rhs):
-        return evecs[:, keep] @ ((evecs[:, keep].T @ rhs) / evals[keep])
-
-    return solve
-
-
 def exact_fit(model, source: RowSource, design: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> dict:
     """{'loss': MSE of the least-squares fit on the training rows, in original units; 'coef'; 'gram'; 'n'}
     for linear/polynomial models, over every rank's rows (three passes: normal equations, one
@@ -87,7 +76,7 @@ def exact_fit(model, source: RowSource, design: Optional[tuple[torch.Tensor, tor
     if design is not None:
         return _exact_fit_in_hand(model, *design)
     G, c, n = gram(model, source)
-    solve = _pinv_solver(G)
+    solve = pinv_solver(G)[0]  # (the design is centred and scaled: G is well conditioned)
     coef = solve(c)
     g = torch.zeros_like(c)
     for A, y, w in _weighted_rows(model, source):  # one refinement step against rounding in the normal equations
@@ -116,7 +105,7 @@ def _exact_fit_in_hand(model, Z: torch.Tensor, y: torch.Tensor) -> dict:
         G = torch.cat([torch.cat([G, s[:, None]], 1), torch.cat([s, s.new_tensor([float(n)])])[None, :]], 0)
         c = torch.cat([c, y.sum()[None]])
     G, c = G.cpu(), c.cpu()
-    solve = _pinv_solver(G)
+    solve = pinv_solver(G)[0]  # (the design is centred and scaled: G is well conditioned)
 
     def residuals(coef):  # y - A coef
         coef = coef.to(Z.device)

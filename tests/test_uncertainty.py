@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gradfit.config.loading import config_from_dict
-from gradfit.results.uncertainty import t_quantile
+from gradfit.results.distributions import t_ppf
 from gradfit.train.run import train
 
 NIST = Path(__file__).resolve().parents[1] / "data" / "nist"
@@ -33,25 +33,6 @@ def fit(path: Path, model: dict, **over) -> dict:
     return train(config_from_dict(cfg), write=False).coefficients
 
 
-# ---------------------------------------------------------------- t quantile
-
-
-@pytest.mark.parametrize(
-    "dof, expected",  # printed tables (to their digits)
-    [(1, 12.706204736), (2, 4.302652730), (5, 2.570581836), (12, 2.178812830), (30, 2.042272456), (1000, 1.962339081)],
-)
-def test_t_quantile_table(dof, expected):
-    assert t_quantile(0.975, dof) == pytest.approx(expected, rel=1e-9)
-
-
-@pytest.mark.parametrize("dof", [1, 3, 7.5, 24, 250, 1e4, 1e6])
-@pytest.mark.parametrize("p", [0.6, 0.9, 0.975, 0.999999])
-def test_t_quantile_matches_scipy(p, dof):
-    from scipy.stats import t
-
-    assert t_quantile(p, dof) == pytest.approx(t.ppf(p, dof), rel=1e-9)
-
-
 # ---------------------------------------------------------------- NIST
 
 
@@ -64,7 +45,7 @@ def test_nist_certified_standard_deviations(name, model):
         assert lre(c["std_errors"][key], cert["sd"]) >= 8, key
     assert lre(c["residual_sd"], meta["residual_sd"]) >= 8
     assert c["dof"] == meta["observations"] - len(meta["certified"])
-    tq = t_quantile(0.975, c["dof"])
+    tq = float(t_ppf(0.975, c["dof"]))
     for key in c["std_errors"]:
         value = c["intercept"] if key == "intercept" else c["coefficients"][key]
         lo, hi = c["ci95"][key]

@@ -46,8 +46,8 @@ def worker_pool(workers: int) -> ThreadPoolExecutor:
 
 def prefetch(module: str) -> None:
     """Import ``module`` on a thread while this one goes on (the data load and the training spend their
-    time in pyarrow, numpy and torch, which let go of the GIL). For scipy.stats, which an MSE run's
-    summary needs at the end: 1 to 2 s of import on 2 cores, most of a small run's wall time."""
+    time in pyarrow, numpy and torch, which let go of the GIL). For scipy.special, which an MSE run's
+    summary needs at the end (0.3 s of import; results/distributions.py)."""
     import importlib  # (imported here for start-up time)
     import sys  # (imported here for start-up time)
     import threading  # (imported here for start-up time)

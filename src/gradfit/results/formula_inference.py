@@ -23,6 +23,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from gradfit.results import distributions
 from gradfit.results.uncertainty import covariance_unscaled, formula_jacobian
 
 FORMULA_KIND = "formula"
@@ -72,16 +73,9 @@ def formula_sums(model, source) -> Optional[dict]:
     }
 
 
-def _stats():
-    from scipy import stats  # (imported here for start-up time)
-
-    return stats
-
-
 def read_formula_summary(stored: dict, alpha: float) -> dict:
     """The summary's numbers from a formula run's summary.json content (SPEC.md's keys, plus
     ``correlation``, ``residual_sd``, ``rss``, ``fixed``, ``bounds``, ``at_bound`` and ``notes``)."""
-    t_dist = _stats().t
     names = list(stored["varying"])
     values = dict(stored["parameters"])
     n, q = int(stored["nobs"]), len(names)
@@ -90,7 +84,7 @@ def read_formula_summary(stored: dict, alpha: float) -> dict:
     sigma2 = rss / df
     cov = sigma2 * np.asarray(stored["cov_unscaled"], dtype=np.float64)  # (q, q)
     se = np.sqrt(np.clip(np.diag(cov), 0, None))
-    tq = float(t_dist.ppf(1 - alpha / 2, df))
+    tq = float(distributions.t_ppf(1 - alpha / 2, df))
     coefs = {}
     for name, v in values.items():
         if name not in names:  # fixed: no uncertainty
@@ -98,7 +92,7 @@ def read_formula_summary(stored: dict, alpha: float) -> dict:
             continue
         s = float(se[names.index(name)])
         t = v / s if s > 0 else math.copysign(math.inf, v) if v else math.nan
-        p = float(2 * t_dist.sf(abs(t), df)) if not math.isnan(t) else None
+        p = float(2 * distributions.t_sf(abs(t), df)) if not math.isnan(t) else None
         coefs[name] = {"coef": v, "std_err": s, "t": t, "p": p, "ci_low": v - tq * s, "ci_high": v + tq * s}
     with np.errstate(invalid="ignore", divide="ignore"):
         corr = cov / np.outer(se, se)
@@ -162,6 +156,6 @@ def formula_prediction_intervals(stored: dict, model, X: torch.Tensor, level: fl
     se = torch.sqrt(sigma2 * ((G @ C) * G).sum(1).clamp_min(0)).numpy()
     mean = mean.numpy()
     obs = np.sqrt(se**2 + sigma2)
-    tq = float(_stats().t.ppf(0.5 + level / 2, df))
+    tq = float(distributions.t_ppf(0.5 + level / 2, df))
     return {"mean_se": se, "mean_ci_lower": mean - tq * se, "mean_ci_upper": mean + tq * se,
             "obs_ci_lower": mean - tq * obs, "obs_ci_upper": mean + tq * obs}

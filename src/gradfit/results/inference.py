@@ -24,7 +24,9 @@ import torch
 
 from gradfit.errors import GradfitError
 from gradfit.models.features import polynomial_terms, term_name
+from gradfit.results import distributions
 from gradfit.results.formula_inference import FORMULA_KIND, formula_prediction_intervals, formula_sums, read_formula_summary
+from gradfit.results.lifted import LiftedDesign
 from gradfit.results.summary import COV_TYPES, GramSums, ResidualSums, Solution, finalize
 
 SUMMARY_NAME = "summary.json"
@@ -95,33 +97,45 @@ def _blocks(source, terms, intercept):
         yield raw_design(terms, intercept, X), y.to(torch.float64).cpu().numpy(), w
 
 
-def summary_sums(model, source) -> Optional[dict]:
+def summary_sums(model, source, design=None, gram=None) -> Optional[dict]:
     """summary.json's content: the sums of the training rows over every rank (three passes); None when
-    the sums cannot be formed (every rank gets the same reduced sums, so the same answer)."""
+    the sums cannot be formed (every rank gets the same reduced sums, so the same answer).
+
+    ``design``: (Z, y), the float64 training design the run holds and its raw targets
+    (train/prepared.py's ``training_design``), and ``gram``: the exact check's [Z 1]'[Z 1] of it
+    (results/exact.py); a linear model's passes then read Z, not the rows (results/lifted.py)."""
     if model.spec.get("kind") == FORMULA_KIND:
         return formula_sums(model, source)
     try:
         with np.errstate(all="ignore"):  # (a row of leverage 1 makes HC2/HC3 infinite, as in statsmodels)
-            return _summary_sums(model, source)
+            return _summary_sums(model, source, design, gram)
     except (ValueError, np.linalg.LinAlgError):
         return None
 
 
-def _summary_sums(model, source) -> dict:
+def _summary_sums(model, source, design=None, gram=None) -> dict:
     terms, names, intercept = raw_terms(model)
     all_names = (["intercept"] if intercept else []) + names
     idx = 0 if intercept else None
-    gram = GramSums(all_names, idx)
-    for A, y, w in _blocks(source, terms, intercept):
-        gram.add(A, y, w)
+    lift = LiftedDesign.of(model, terms, intercept, design, gram)
+    sums = lift.gram_sums(all_names, idx) if lift is not None else None  # (from the design's sums, as the raw columns')
+    if sums is not None and not sums.clear_rank():  # (collinear or nearly: the rank is decided on the raw rows)
+        lift = sums = None
+    blocks = (lambda: _blocks(source, terms, intercept)) if lift is None else lift.blocks
     gather = source.dist.gather
-    sol = gram.reduce(gather).solve()
+    if sums is None:
+        sums = GramSums(all_names, idx)
+        for A, y, w in blocks():
+            sums.add(A, y, w)
+    sol = sums.reduce(gather).solve()
     # (ranks hold contiguous row ranges in rank order where the rows are sharded; strided shards lose the seams' DW pairs)
     for final in (False, True):  # pass 2 refines the coefficients once (results/exact.py does the same); pass 3 is kept
-        res = ResidualSums(sol, score_only=not final)
-        for A, y, w in _blocks(source, terms, intercept):
+        res = ResidualSums(sol if lift is None else lift.lift(sol), score_only=not final)
+        for A, y, w in blocks():
             res.add(A, y, w)
         res = res.reduce(gather, consecutive=True)
+        if lift is not None:  # (back to the raw columns; every other sum is the same in both)
+            res.solution, res.score = sol, lift.lower_score(res.score)
         if not final:
             sol = sol.refined(res)
     weighted = getattr(source, "weights", None) is not None  # (data.weights: statsmodels' WLS)
@@ -267,8 +281,6 @@ def confidence_band(stored: Optional[dict], model, level: float = 0.95):
 
 def stored_intervals(stored: dict, X: torch.Tensor, level: float, model, p) -> dict:
     """prediction_intervals from summary.json's content ``stored`` (read from ``p``)."""
-    from scipy import stats  # (imported here for start-up time)
-
     if stored.get("kind") == FORMULA_KIND:
         return formula_prediction_intervals(stored, model, X, level)
     res = load_sums(stored)
@@ -283,6 +295,6 @@ def stored_intervals(stored: dict, X: torch.Tensor, level: float, model, p) -> d
     G = A @ sol.half  # (n, k): x' (A'A)^+ x = |B' x|^2
     se = np.sqrt(scale * np.einsum("ij,ij->i", G, G))
     obs = np.sqrt(se**2 + scale)
-    q = float(stats.t.ppf(0.5 + level / 2, df_resid))
+    q = float(distributions.t_ppf(0.5 + level / 2, df_resid))
     return {"mean_se": se, "mean_ci_lower": mean - q * se, "mean_ci_upper": mean + q * se,
             "obs_ci_lower": mean - q * obs, "obs_ci_upper": mean + q * obs}

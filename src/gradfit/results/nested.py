@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gradfit.results import distributions
 from gradfit.results.formula_inference import read_formula_summary
 from gradfit.results.inference import SummaryError, load_sums, run_summary_path
 from gradfit.results.summary import finalize
@@ -45,8 +46,6 @@ def _same_rows(a: dict, b: dict) -> bool:
 def compare_runs(run_a: Path, run_b: Path) -> dict:
     """{'runs': [{run, nobs, df_resid, ssr, log_likelihood, aic, bic, r2}, ...], 'nested': bool, and either
     f_stat, f_pvalue, df_diff, lr_stat, lr_pvalue, 'restricted' (0 or 1: which run is the smaller) or 'reason'}."""
-    from scipy import stats  # (imported here for start-up time)
-
     a, b = _load(run_a), _load(run_b)
     shown = [{k: r[k] for k in ("run", "nobs", "df_resid", "ssr", "log_likelihood", "aic", "bic", "r2")} for r in (a, b)]
     out = {"runs": shown, "nested": False}
@@ -74,5 +73,5 @@ def compare_runs(run_a: Path, run_b: Path) -> dict:
     f_stat = ((r["ssr"] - f["ssr"]) / df_diff) / (f["ssr"] / f["df_resid"])
     lr = -2.0 * (r["log_likelihood"] - f["log_likelihood"])
     out.update(nested=True, restricted=small, df_diff=df_diff, f_stat=f_stat,
-               f_pvalue=float(stats.f.sf(f_stat, df_diff, f["df_resid"])), lr_stat=lr, lr_pvalue=float(stats.chi2.sf(lr, df_diff)))
+               f_pvalue=distributions.f_sf(f_stat, df_diff, f["df_resid"]), lr_stat=lr, lr_pvalue=distributions.chi2_sf(lr, df_diff))
     return out

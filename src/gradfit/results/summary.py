@@ -25,6 +25,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from gradfit.results import distributions
+
 COV_TYPES = ("nonrobust", "HC0", "HC1", "HC2", "HC3")
 PINV_RCOND = 1e-15  # statsmodels' pinv_extended cut-off, relative to the largest singular value
 
@@ -120,6 +122,15 @@ class GramSums:
     def yty(self) -> float:
         """y'Wy."""
         return float(self.comoment[-1, -1] + self.sum_w * self.mean[-1] ** 2)
+
+    def clear_rank(self, margin: float = 1e4) -> bool:
+        """Whether each direction of the scaled co-moments is ``margin`` times above ``_root``'s rank cut (or
+        exactly 0, the ones' column): sums that differ at rounding level then make the same rank decision."""
+        C = self.comoment
+        d = np.sqrt(np.diag(C))
+        live = d > 0
+        lam = np.linalg.eigvalsh(C[np.ix_(live, live)] / d[live][:, None] / d[live][None, :])
+        return bool(lam.size == 0 or lam.min() > margin * lam.max() * C.shape[0] * np.finfo(np.float64).eps)
 
     def _root(self) -> np.ndarray:
         """S (k+2, k+1) with S'S = [A y]'W[A y]: a square root of the co-moments and the mean row."""
@@ -220,22 +231,25 @@ class ResidualSums:
         if self.score_only:
             self.score += A.T @ (w * r)
             return self
-        e = np.sqrt(w) * r  # statsmodels' wresid
+        weighted = bool(np.any(w != 1.0))  # (without weights e, w r and the leverages need no products)
+        e = np.sqrt(w) * r if weighted else r  # statsmodels' wresid
         self.power += [e.size, e.sum(), e @ e, (e * e) @ e, (e * e) @ (e * e)]
         de = np.diff(e)
         self.dw += float(de @ de) + (0.0 if self.last is None else (e[0] - self.last) ** 2)
         self.first = float(e[0]) if self.first is None else self.first
         self.last = float(e[-1])
-        wr = w * r
+        wr = w * r if weighted else r
         self.score += A.T @ wr
         # The HC covariances B M_j B' with M_j = sum g g' (w r)^2 / (1 - h)^j in whitened
         # coordinates g_i = B' x_i (B B' = (A'WA)^+): statsmodels' sum x x' (w r)^2/(1 - h)^j
         # between two (A'WA)^+, where the product of an ill-conditioned bread with the summed
         # meat would lose digits to cancellation. h_i = w_i |g_i|^2 is a sum of squares.
         G = A @ sol.half  # (n, k)
-        h = np.einsum("ij,ij->i", G, G) * w  # leverage of the row sqrt(w_i) x_i
-        for j in range(3):
-            Gj = G * (wr / (1.0 - h) ** (j / 2.0))[:, None]
+        h = np.einsum("ij,ij->i", G, G)  # leverage of the row sqrt(w_i) x_i
+        if weighted:
+            h *= w
+        for j, c in enumerate((wr, wr / np.sqrt(1.0 - h), wr / (1.0 - h))):  # (w r)/(1 - h)^(j/2)
+            Gj = G * c[:, None]
             self.meat[j] += Gj.T @ Gj
         return self
 
@@ -357,14 +371,11 @@ def _meat(sol: Solution, res: ResidualSums, cov_type: str, df_resid: float) -> n
 
 def _coefficients(sol: Solution, cov: np.ndarray, df_resid: float, use_t: bool, alpha: float) -> dict:
     """{name: {coef, std_err, t, p, ci_low, ci_high}}, the intercept under "intercept"."""
-    from scipy import stats  # start-up time: scipy only when a summary is made
-
-    dist = stats.t(df_resid) if use_t else stats.norm()
     se = np.sqrt(np.diag(cov))
     with np.errstate(divide="ignore", invalid="ignore"):
         t = sol.coef / se
-    p = 2 * dist.sf(np.abs(t))
-    q = dist.ppf(1 - alpha / 2)
+    p = 2 * (distributions.t_sf(np.abs(t), df_resid) if use_t else distributions.norm_sf(np.abs(t)))
+    q = distributions.t_ppf(1 - alpha / 2, df_resid) if use_t else distributions.norm_ppf(1 - alpha / 2)
     table = {}
     for i, name in enumerate(sol.names):
         key = "intercept" if i == sol.intercept else name
@@ -382,8 +393,6 @@ def _coefficients(sol: Solution, cov: np.ndarray, df_resid: float, use_t: bool, 
 
 def _f_test(sol: Solution, res: ResidualSums, cov_type: str, fit: dict) -> dict:
     """F-statistic and its p-value: explained over residual mean square, or (HC) Wald on the slopes."""
-    from scipy import stats  # start-up time
-
     df_model, df_resid = fit["df_model"], fit["df_resid"]
     if cov_type == "nonrobust":
         f_stat = _ratio(_ratio(fit["ess"], df_model), _ratio(fit["ssr"], df_resid))
@@ -395,7 +404,7 @@ def _f_test(sol: Solution, res: ResidualSums, cov_type: str, fit: dict) -> dict:
         f_stat, df_num = _wald(sol.coef[slopes], sol.half[slopes], _meat(sol, res, cov_type, df_resid))
     if df_model == 0:
         return {"f_stat": f_stat, "f_pvalue": math.nan}
-    return {"f_stat": f_stat, "f_pvalue": float(stats.f.sf(f_stat, df_num, df_resid))}
+    return {"f_stat": f_stat, "f_pvalue": distributions.f_sf(f_stat, df_num, df_resid)}
 
 
 def _wald(b: np.ndarray, P: np.ndarray, meat: np.ndarray) -> tuple:
@@ -425,20 +434,18 @@ def _moments(power: np.ndarray) -> tuple:
 
 def _diagnostics(res: ResidualSums) -> dict:
     """Omnibus (D'Agostino-Pearson), Jarque-Bera, skew, kurtosis, Durbin-Watson of the residuals."""
-    from scipy import stats  # start-up time
-
     n, skew, kurtosis = _moments(res.power)
     jb = n / 6.0 * (skew**2 + 0.25 * (kurtosis - 3.0) ** 2)
     if n >= 8:  # statsmodels' omni_normtest: nan below 8 rows
         omnibus = skewtest_z(n, skew) ** 2 + kurtosistest_z(n, kurtosis) ** 2
-        omnibus_p = float(stats.chi2.sf(omnibus, 2))
+        omnibus_p = distributions.chi2_sf(omnibus, 2)
     else:
         omnibus = omnibus_p = math.nan
     return {
         "omnibus": float(omnibus),
         "omnibus_p": omnibus_p,
         "jarque_bera": float(jb),
-        "jarque_bera_p": float(stats.chi2.sf(jb, 2)),
+        "jarque_bera_p": distributions.chi2_sf(jb, 2),
         "skew": skew,
         "kurtosis": kurtosis,
         "durbin_watson": _ratio(res.dw, res.power[2]),

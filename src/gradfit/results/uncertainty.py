@@ -15,15 +15,13 @@ Gaussian noise), the one NIST certifies. Everything is float64.
 - Formula models: J from forward-mode autograd at the fitted parameters, on the raw
   rows in float64, inverted through a QR factorization of its column-scaled form.
 
-``ci95`` is value +- t(0.975, n - p) * std_error, the t quantile computed here
-(scipy is not a dependency of gradfit). Other losses and MLPs get none of this.
+``ci95`` is value +- t(0.975, n - p) * std_error (results/distributions.py's t quantile). Other losses and MLPs get none of this.
 """
 
 from __future__ import annotations
 
 import math
 from fractions import Fraction
-from statistics import NormalDist
 from typing import TYPE_CHECKING, Optional
 
 import torch
@@ -32,94 +30,11 @@ from gradfit.data.sources import MemoryRows
 from gradfit.models.features import polynomial_terms, term_name
 from gradfit.optim.lm import jacobian, stacked_factors  # jacobian: not torch.func.jacfwd, which imports torch._dynamo
 from gradfit.parallel import SINGLE, Dist
+from gradfit.results import distributions
 from gradfit.results.exact import gram
 
 if TYPE_CHECKING:  # pragma: no cover
     from gradfit.data.sources import RowSource
-
-# ---------------------------------------------------------------- Student's t quantile
-
-_FPMIN = 1e-300
-
-
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the regularized incomplete beta function (modified Lentz)."""
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > _FPMIN else _FPMIN)
-    h = d
-    for m in range(1, 100_000):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > _FPMIN else _FPMIN)
-        c = 1.0 + aa / c
-        c = c if abs(c) > _FPMIN else _FPMIN
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > _FPMIN else _FPMIN)
-        c = 1.0 + aa / c
-        c = c if abs(c) > _FPMIN else _FPMIN
-        step = d * c
-        h *= step
-        if abs(step - 1.0) < 1e-16:
-            break
-    return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """The regularized incomplete beta function I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_bt = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_bt) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(log_bt) * _betacf(b, a, 1.0 - x) / b
-
-
-def t_upper_tail(t: float, dof: float) -> float:
-    """P(T > t) for Student's t with ``dof`` degrees of freedom, t >= 0."""
-    # 0.5 * I_{dof/(dof+t^2)}(dof/2, 1/2), the argument written to keep precision for large t.
-    return 0.5 * betainc(dof / 2.0, 0.5, dof / (dof + t * t))
-
-
-def t_quantile(p: float, dof: float) -> float:
-    """The p-quantile of Student's t (0.5 < p < 1), by bisection then Newton steps on the tail."""
-    if not 0.5 <= p < 1.0 or not dof > 0:
-        raise ValueError(f"t_quantile needs 0.5 <= p < 1 and dof > 0, got p={p}, dof={dof}")
-    if p == 0.5:
-        return 0.0
-    q = 1.0 - p
-    lo, hi = 0.0, 1.0
-    while t_upper_tail(hi, dof) > q:
-        lo, hi = hi, hi * 2.0
-        if hi > 1e300:
-            return math.inf
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if t_upper_tail(mid, dof) > q:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo <= 4e-16 * hi:
-            break
-    t = 0.5 * (lo + hi)
-    # Newton on log tail polishes the last bits (the density is the tail's derivative).
-    log_c = math.lgamma((dof + 1) / 2) - math.lgamma(dof / 2) - 0.5 * math.log(dof * math.pi)
-    for _ in range(3):
-        dens = math.exp(log_c - (dof + 1) / 2 * math.log1p(t * t / dof))
-        tail = t_upper_tail(t, dof)
-        if dens <= 0:
-            break
-        nxt = t + (tail - q) / dens
-        if not lo <= nxt <= hi:
-            break
-        t = nxt
-    return t
-
 
 # ---------------------------------------------------------------- summaries
 
@@ -131,7 +46,7 @@ def summarize(names: list[str], values: list[float], variances: list[float], rss
     ``absolute`` (data.absolute_sigma): the variances are (J'WJ)^-1 with sigma known, and the
     interval is the normal one (value +- 1.96 se), as for curve_fit's absolute_sigma=True."""
     dof = n - p
-    tq = NormalDist().inv_cdf(0.975) if absolute else t_quantile(0.975, dof)
+    tq = float(distributions.norm_ppf(0.975) if absolute else distributions.t_ppf(0.975, dof))
     se = {k: math.sqrt(max(v, 0.0)) for k, v in zip(names, variances)}
     out = {
         "std_errors": se,

@@ -163,8 +163,8 @@ def train(
     split: Optional[Split] = None,
 ) -> RunResult:
     """Train the experiment and (with ``write``) write its run directory (``split``: see ``prepare``)."""
-    if cfg.loss.kind == "mse" and cfg.model.kind != "mlp":  # (the summary at the end needs scipy.stats)
-        prefetch("scipy.stats")
+    if cfg.loss.kind == "mse" and cfg.model.kind != "mlp":  # (the summary at the end needs scipy.special)
+        prefetch("scipy.special")
     starts = None
     if cfg.train.starts > 1:  # formula models: the best of N starts (train/starts.py), then the run from it
         cfg, starts = choose_start(cfg, lambda c: train(c, write=False, split=split))
@@ -428,7 +428,7 @@ def finish(prep: Prepared, result: TrainResult, run_dir: Optional[Path], exact_c
     metrics["warnings"] = list(dict.fromkeys(warnings))  # (in order, each once)
     run = RunResult(run_dir, metrics, coefficients, cfg, result, model, list(ds.notes), prep.plan.lr_rule)
     if inference.summary_supported(cfg, model) is None:  # (every rank: the sums are reduced over the ranks)
-        run.summary = inference.summary_sums(model, rows)
+        run.summary = inference.summary_sums(model, rows, prep.training_design(), fit["gram"] if fit is not None else None)
     if run_dir is not None:
         write_run(run, prep)
         track_finished(run, resolved_config_dict(cfg))  # (output.mlflow, output.tensorboard: off by default)

@@ -198,3 +198,14 @@ def write_text(path: Path, text: str) -> None:
 def write_bytes(path: Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def fingerprint(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    import hashlib  # (imported here for start-up time)
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()

@@ -246,6 +246,12 @@ def print_warnings(warnings: list) -> None:
 
 def _run(config, set_, out, force, resume, quiet: bool, stop: StopOnSignal):
     """A new run (or ``resume``'s) trained with a progress bar; the Run."""
+    if resume is None:
+        from gradfit.config.loading import load_config  # (imported here for start-up time)
+        from gradfit.data.arrow import prefetch_config  # (imported here for start-up time)
+
+        cfg = load_config(config, set_)
+        prefetch_config(cfg)  # (a Parquet file is read on threads while torch is imported)
     from gradfit.train import run as api  # (imported here for start-up time)
 
     imports_done()
@@ -255,9 +261,6 @@ def _run(config, set_, out, force, resume, quiet: bool, stop: StopOnSignal):
         total = load_run(resume, set_)[0].train.epochs
         with Progress(total, quiet) as progress:
             return api.resume(resume, set_, on_epoch=progress, should_stop=stop, on_start=stop.install)
-    from gradfit.config.loading import load_config  # (imported here for start-up time)
-
-    cfg = load_config(config, set_)
     with Progress(cfg.train.epochs, quiet) as progress:
         return api.train(cfg, out=out, force=force, on_epoch=progress, should_stop=stop, on_start=stop.install)
 

@@ -51,9 +51,9 @@ def split_rows(n: int, val: float, test: float, seed: int) -> Split:
 
 @dataclass
 class Dataset:
-    """Rows of named features and a target, in float64 on the CPU."""
+    """Rows of named features and a target, in float64 on the CPU (X: float32 for float32 Parquet columns)."""
 
-    X: torch.Tensor  # (n_rows, n_features) float64
+    X: torch.Tensor  # (n_rows, n_features) float64, or float32 holding a float32 file's numbers as they are
     y: torch.Tensor  # (n_rows,) float64
     feature_names: list[str]
     target_name: str

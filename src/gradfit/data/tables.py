@@ -1,6 +1,7 @@
 """Tables: CSV, Parquet or synthetic rows -> named float64 tensors (a ``Dataset``).
 
-Rows are kept in float64 on the CPU here; the model's feature map turns them into
+Rows are kept in float64 on the CPU here (float32 where a Parquet file's feature columns are float32:
+the same numbers, in half the memory); the model's feature map turns them into
 the training design in the run's dtype, on the run's device (see models/regression.py).
 """
 
@@ -16,6 +17,8 @@ import numpy as np
 import torch
 
 from gradfit.config.schema import Config, DataConfig
+from gradfit.data import arrow
+from gradfit.data.arrow import fill_rows
 from gradfit.data.columns import (
     _small_csv,
     check_csv_shape,
@@ -31,15 +34,7 @@ from gradfit.data.synthetic import _synthetic
 from gradfit.data.weights import check_weights_column, table_weights
 from gradfit.data.wilkinson import fit_wilkinson
 from gradfit.errors import DataError
-
-
-def fingerprint(path: Path) -> str:
-    """sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
+from gradfit.files import fingerprint
 
 
 def tensor_fingerprint(*tensors: torch.Tensor) -> str:
@@ -93,10 +88,6 @@ def read_frame(path: Path, columns: list[str], sep: str = ",", decimal: str = ".
         raise DataError(f"{path}: cannot read it: {exc}") from None
 
 
-# Rows per block when frame_to_arrays fills X (2048 x 32 float64: 512 KiB, within a core's cache).
-FILL_ROWS = 2048
-
-
 def frame_to_arrays(frame, feature_names: list[str], target: Optional[str], source, dropna: bool, first_row: Optional[int] = None):
     """Check a DataFrame's columns (numeric, finite, no missing values) and return float64 arrays.
 
@@ -110,7 +101,7 @@ def frame_to_arrays(frame, feature_names: list[str], target: Optional[str], sour
     if len(plain) == len(cols) and all(a.dtype.kind != "f" or np.isfinite(a).all() for a in plain):
         # Plain numbers, none missing or infinite (the common case): straight into the arrays, with no
         # frame of the used columns and no table of missing values made on the way (0.3 s at 1M x 32).
-        return *_fill(plain, len(feature_names), target is not None), notes
+        return *fill_rows(plain, len(feature_names), target is not None), notes
     # first_row: the file line of the frame's first row when it is a slice (one rank's share).
     first_data_line = first_row if first_row is not None else (2 if str(source).lower().endswith(".csv") else 1)
     for c in cols:
@@ -157,29 +148,37 @@ def frame_to_arrays(frame, feature_names: list[str], target: Optional[str], sour
                 hint="remove or replace infinite values (or leave the column out of data.features)",
             )
         columns.append(col)
-    return *_fill(columns, len(feature_names), target is not None), notes
+    return *fill_rows(columns, len(feature_names), target is not None), notes
+
+
+def _plain_parquet(path: Path, feats: list[str], target: str, narrow: bool):
+    """(X, y, digest) of a Parquet file whose used columns are plain finite numbers (data/arrow.py), else None.
+
+    ``narrow``: X keeps float32 when every feature column is float32 (the design is made in float64 from it)."""
+    pending = arrow.take(path, [*feats, target])  # (a read the command line started before importing torch)
+    pending = pending if narrow else None  # (that read kept float32 columns as they are)
+    try:
+        if pending is not None:
+            arrays = pending[0].result()
+        else:
+            with ThreadPoolExecutor(1) as pool:  # (the digest meanwhile, as in the pandas read)
+                digest = pool.submit(fingerprint, path)
+                arrays = arrow.read_plain(path, feats, target, narrow)
+                pending = (None, digest)
+    except Exception:
+        return None  # (pandas' read then says what is wrong with the file)
+    if arrays is None:
+        return None
+    try:
+        digest = pending[1].result()
+    except Exception:
+        digest = fingerprint(path)  # (again here: an OSError is reported with its cause)
+    return *arrays, digest
 
 
 def _plain_numbers(series) -> bool:
     """A column of plain numpy numbers (float, int, unsigned; not bool, not pandas' nullable types)."""
     return isinstance(series.dtype, np.dtype) and series.dtype.kind in "fiu"
-
-
-def _fill(columns: list, d: int, has_target: bool):
-    """(X (n, d) float64 row-major, y (n,) float64 or None) from the feature columns and the target's."""
-    n = len(columns[0]) if columns else 0
-    X = np.empty((n, d), dtype=np.float64)
-    y = np.empty(n, dtype=np.float64) if has_target else None
-    if has_target:
-        y[:] = columns[d]
-    features = columns[:d]
-    # Into the row-major X a block of rows at a time: writing whole columns strides through all
-    # of X once per column (0.69 s for 1,000,000 x 32; by blocks that stay in cache, 0.14 s).
-    for i in range(0, n, FILL_ROWS):
-        block = X[i : i + FILL_ROWS]
-        for j, col in enumerate(features):
-            block[:, j] = col[i : i + FILL_ROWS]
-    return X, y
 
 
 # ---------------------------------------------------------------- entry points
@@ -209,9 +208,14 @@ def load_dataset(cfg: Config) -> Dataset:
     # Formula models (y = f(x; p)) read numeric columns by their own names: no encoding.
     encode = cfg.model.kind != "formula"
     encoding, kept, w = Encoding.numeric(feats), None, None
+    fast = _plain_parquet(path, feats, dc.target, encode) if plain and not dc.reference and is_parquet(path) else None
+    if fast is None:
+        arrow.drop()  # (a read the command line started that this load does not use)
     if small is not None:
         (X, y), notes = small, []
         digest = fingerprint(path)
+    elif fast is not None:
+        (X, y, digest), notes = fast, []
     else:
         # The file's digest on another thread while it is parsed (hashlib lets go of the GIL for
         # large buffers, and so do pyarrow and pandas' C parser): 0.2 s of a 250 MB file's load.

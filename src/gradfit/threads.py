@@ -34,6 +34,20 @@ def single_threaded():
         torch.set_num_threads(k)
 
 
+@contextlib.contextmanager
+def passes_on_one_thread():
+    """torch's CPU ops and numpy's BLAS on one thread inside the block: the passes before and after
+    training (the data's statistics and design, metrics, the exact check, the summary), made of many
+    chunk-sized ops. Measured on 2 cores with one other busy process, 1,000,000 x 32 linear run:
+    13.9-38.8 s with their intra-op threads, 9.8-11.0 s without (bench/README.md, whole processes);
+    idle, about the same. Training's large ops keep their threads. A fixed count, not one chosen by
+    the machine's load: the run's last bits then do not depend on what else was running."""
+    from threadpoolctl import threadpool_limits  # (imported here for start-up time)
+
+    with single_threaded(), threadpool_limits(1, user_api="blas"):
+        yield
+
+
 _POOL: Optional[ThreadPoolExecutor] = None
 
 

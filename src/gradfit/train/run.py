@@ -38,7 +38,7 @@ from gradfit.results.metrics import evaluate_sets, predict_rows, target_variance
 from gradfit.results.rundir import RUN_FILES, claim_run_dir, write_history, write_json, write_text
 from gradfit.results.splitfile import write_split
 from gradfit.results.uncertainty import standard_errors
-from gradfit.threads import prefetch
+from gradfit.threads import passes_on_one_thread, prefetch
 from gradfit.train import resume as rs
 from gradfit.train import shards, streamed
 from gradfit.train.exact_route import solve_exact, uncertified_warnings
@@ -85,6 +85,7 @@ def data_record(cfg: Config, ds: Dataset, rows: RowSource) -> dict:
     }
 
 
+@passes_on_one_thread()  # (threads.passes_on_one_thread: many chunk-sized ops, which a busy core stalls)
 def prepare(cfg: Config, split: Optional[Split] = None) -> Prepared:
     """Read the data, split it, build the model and the training design, resolve the step size.
 
@@ -223,7 +224,6 @@ def resume(
 def _train_prepared(prep: Prepared, run_dir, claim, state, history, on_epoch, should_stop, on_start) -> RunResult:
     """The loop and the run directory, for a new run (``claim``: the directory it claimed) or a
     resumed one (``state`` and ``history``)."""
-
     cfg = prep.cfg
     model, data, loss = prep.model, prep.data, prep.loss
     y_scale = float(model.y_scale)
@@ -371,6 +371,7 @@ def save_partial_run(prep: Prepared, run_dir: Path, history: list[EpochRecord], 
     (run_dir / "metrics.json").unlink(missing_ok=True)
 
 
+@passes_on_one_thread()
 def finish(prep: Prepared, result: TrainResult, run_dir: Optional[Path], exact_check: Optional[dict] = None,
            exact_uncertainty: Optional[dict] = None) -> RunResult:
     """Metrics, exact check, coefficients, and the files of the run directory.

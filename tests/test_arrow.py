@@ -99,3 +99,18 @@ def test_parquet_run_imports_neither_pandas_nor_scipy_stats(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip().splitlines()[-1] == "False False"
     assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+def test_prefetch_of_a_replaced_file_is_not_taken(tmp_path):
+    import os
+
+    p = tmp_path / "d.parquet"
+    _frame(seed=0).to_parquet(p, index=False)
+    arrow.prefetch(p, ["a", "b", "c"], "y")
+    other = tmp_path / "e.parquet"
+    _frame(seed=1).to_parquet(other, index=False)  # (the same size: the same layout, other numbers)
+    st = p.stat()
+    os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(other, p)
+    assert p.stat().st_size == st.st_size and p.stat().st_mtime_ns == st.st_mtime_ns
+    assert arrow.take(p, ["a", "b", "c", "y"]) is None

@@ -41,7 +41,9 @@ def passes_on_one_thread():
     chunk-sized ops. Measured on 2 cores with one other busy process, 1,000,000 x 32 linear run:
     13.9-38.8 s with their intra-op threads, 9.8-11.0 s without (bench/README.md, whole processes);
     idle, about the same. Training's large ops keep their threads. A fixed count, not one chosen by
-    the machine's load: the run's last bits then do not depend on what else was running."""
+    the machine's load: the run's last bits then do not depend on what else was running. The counts are
+    the process's (torch and BLAS have no per-thread ones): library users training in several threads
+    of one process at once share them."""
     from threadpoolctl import threadpool_limits  # (imported here for start-up time)
 
     with single_threaded(), threadpool_limits(1, user_api="blas"):

@@ -212,6 +212,9 @@ def train(
     finally:
         stop.restore()
         plots.stop_helper()  # a run that failed: no figures to wait for
+        from gradfit.data import arrow  # (imported here for start-up time)
+
+        arrow.drop()  # (a read the run never took, e.g. a config refused before its load)
     if json_out:
         from gradfit.results.rundir import to_json  # (imported here for start-up time)
 

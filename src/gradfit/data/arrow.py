@@ -25,8 +25,8 @@ _LOCK = threading.Lock()
 
 
 def _key(path: Path, columns: list[str]) -> tuple:
-    st = path.stat()
-    return (str(path.resolve()), st.st_mtime_ns, st.st_size, tuple(columns))
+    st = path.stat()  # (inode and ctime too: a file replaced by one of the same size and mtime is another file)
+    return (str(path.resolve()), st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size, tuple(columns))
 
 
 def read_plain(path: Path, feats: list[str], target: str, narrow: bool = True) -> Optional[tuple]:
@@ -150,6 +150,7 @@ def prefetch_config(cfg) -> None:
     reported here: a file or column the run cannot use is reported by the run's own read."""
     import os  # (imported here for start-up time)
 
+    from gradfit.config.resources import check_memory  # (imported here for start-up time)
     from gradfit.data.columns import is_parquet, read_columns, select_columns
 
     dc = cfg.data
@@ -158,6 +159,7 @@ def prefetch_config(cfg) -> None:
             or int(os.environ.get("WORLD_SIZE", "1") or 1) > 1):
         return
     try:
+        check_memory(cfg)  # (data too large for the machine is refused by the run, in words, before any read)
         path = cfg.resolved_data_path()
         if not is_parquet(path):
             return

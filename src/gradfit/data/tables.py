@@ -165,6 +165,8 @@ def _plain_parquet(path: Path, feats: list[str], target: str, narrow: bool):
                 digest = pool.submit(fingerprint, path)
                 arrays = arrow.read_plain(path, feats, target, narrow)
                 pending = (None, digest)
+    except MemoryError:
+        raise  # (pandas' read would need more)
     except Exception:
         return None  # (pandas' read then says what is wrong with the file)
     if arrays is None:

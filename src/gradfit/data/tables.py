@@ -18,7 +18,6 @@ import torch
 
 from gradfit.config.schema import Config, DataConfig
 from gradfit.data import arrow
-from gradfit.data.arrow import fill_rows
 from gradfit.data.columns import (
     _small_csv,
     check_csv_shape,
@@ -101,7 +100,7 @@ def frame_to_arrays(frame, feature_names: list[str], target: Optional[str], sour
     if len(plain) == len(cols) and all(a.dtype.kind != "f" or np.isfinite(a).all() for a in plain):
         # Plain numbers, none missing or infinite (the common case): straight into the arrays, with no
         # frame of the used columns and no table of missing values made on the way (0.3 s at 1M x 32).
-        return *fill_rows(plain, len(feature_names), target is not None), notes
+        return *_fill(plain, len(feature_names), target is not None), notes
     # first_row: the file line of the frame's first row when it is a slice (one rank's share).
     first_data_line = first_row if first_row is not None else (2 if str(source).lower().endswith(".csv") else 1)
     for c in cols:
@@ -148,7 +147,7 @@ def frame_to_arrays(frame, feature_names: list[str], target: Optional[str], sour
                 hint="remove or replace infinite values (or leave the column out of data.features)",
             )
         columns.append(col)
-    return *fill_rows(columns, len(feature_names), target is not None), notes
+    return *_fill(columns, len(feature_names), target is not None), notes
 
 
 def _plain_parquet(path: Path, feats: list[str], target: str, narrow: bool):
@@ -181,6 +180,27 @@ def _plain_parquet(path: Path, feats: list[str], target: str, narrow: bool):
 def _plain_numbers(series) -> bool:
     """A column of plain numpy numbers (float, int, unsigned; not bool, not pandas' nullable types)."""
     return isinstance(series.dtype, np.dtype) and series.dtype.kind in "fiu"
+
+
+# Rows per block when frame_to_arrays fills X (2048 x 32 float64: 512 KiB, within a core's cache).
+FILL_ROWS = 2048
+
+
+def _fill(columns: list, d: int, has_target: bool):
+    """(X (n, d) float64 row-major, y (n,) float64 or None) from the feature columns and the target's."""
+    n = len(columns[0]) if columns else 0
+    X = np.empty((n, d), dtype=np.float64)
+    y = np.empty(n, dtype=np.float64) if has_target else None
+    if has_target:
+        y[:] = columns[d]
+    features = columns[:d]
+    # Into the row-major X a block of rows at a time: writing whole columns strides through all
+    # of X once per column (0.69 s for 1,000,000 x 32; by blocks that stay in cache, 0.14 s).
+    for i in range(0, n, FILL_ROWS):
+        block = X[i : i + FILL_ROWS]
+        for j, col in enumerate(features):
+            block[:, j] = col[i : i + FILL_ROWS]
+    return X, y
 
 
 # ---------------------------------------------------------------- entry points

@@ -109,8 +109,7 @@ class LiftedDesign:
 
 def _raw(sums: GramSums, T: np.ndarray) -> GramSums:
     """The design columns' GramSums as the raw columns'."""
-    s = np.append(np.diag(T).copy(), 1.0)  # (the ones and the target's column are the same)
-    s[0] = 1.0
+    s = np.append(np.diag(T), 1.0)  # (the ones and the target's column are the same: T[0, 0] is 1)
     mean = sums.mean.copy()
     mean[1:-1] = T[1:, 0] + s[1:-1] * mean[1:-1]
     return GramSums(sums.names, sums.intercept, sums.n, sums.sum_w, sums.sum_log_w, mean, sums.comoment * s[:, None] * s[None, :])
